@@ -1,0 +1,1 @@
+"""Thin entrypoints: each module has ``main(argv) -> int`` and runs as ``python -m jobs.<name>``."""

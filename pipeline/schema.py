@@ -1,0 +1,104 @@
+"""Column names and Arrow schemas: the one source of truth for what flows between stages and what is stored.
+
+Offset convention (everywhere in lateline): spans are half-open ``[start, end)``. Char offsets index the
+original document text (Python ``str`` positions), so ``text[char_start:char_end]`` is the chunk. Token offsets
+index the document's own tokens, without special tokens and without the document prefix.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+# --- documents, as read from a source (reader -> chunker) -----------------------------------------------
+DOC_ID = "doc_id"
+TEXT = "text"
+SOURCE_URI = "source_uri"
+METADATA = "metadata"  # JSON object of the configured pass-through fields
+ERROR = "error"  # reason code of a record that is skipped; null for a good record
+ERROR_DETAIL = "error_detail"
+
+DOCUMENTS = pa.schema(
+    [
+        pa.field(DOC_ID, pa.string()),
+        pa.field(TEXT, pa.string()),
+        pa.field(SOURCE_URI, pa.string()),
+        pa.field(METADATA, pa.string()),
+        pa.field(ERROR, pa.string()),
+        pa.field(ERROR_DETAIL, pa.string()),
+    ]
+)
+
+# --- tokenized documents with their chunk spans (chunker -> embedder) ----------------------------------
+INPUT_IDS = "input_ids"
+CHAR_STARTS = "char_starts"
+CHAR_ENDS = "char_ends"
+TOKEN_STARTS = "token_starts"
+TOKEN_ENDS = "token_ends"
+DOC_FINGERPRINT = "doc_fingerprint"
+
+_int_list = pa.list_(pa.int32())
+CHUNKED_DOCUMENTS = pa.schema(
+    [
+        *list(DOCUMENTS),
+        pa.field(INPUT_IDS, _int_list),
+        pa.field(CHAR_STARTS, _int_list),
+        pa.field(CHAR_ENDS, _int_list),
+        pa.field(TOKEN_STARTS, _int_list),
+        pa.field(TOKEN_ENDS, _int_list),
+        pa.field(DOC_FINGERPRINT, pa.string()),
+    ]
+)
+
+# --- chunk rows (embedder -> sink -> LanceDB) ------------------------------------------------------------
+CHUNK_ID = "chunk_id"
+CHUNK_INDEX = "chunk_index"
+CHUNK_COUNT = "chunk_count"
+CHAR_START = "char_start"
+CHAR_END = "char_end"
+TOKEN_START = "token_start"
+TOKEN_END = "token_end"
+VECTOR = "vector"
+MODEL = "model"
+
+TABLE_METADATA_KEY = b"lateline"  # JSON: model identity and embedding settings the table was built with
+
+
+def chunk_schema(dim: int) -> pa.Schema:
+    """Schema of the stored table: one row per chunk, ``vector`` a fixed-size float32 list of ``dim``."""
+    return pa.schema(
+        [
+            pa.field(CHUNK_ID, pa.string(), nullable=False),
+            pa.field(DOC_ID, pa.string(), nullable=False),
+            pa.field(CHUNK_INDEX, pa.int32()),
+            pa.field(CHUNK_COUNT, pa.int32()),
+            pa.field(TEXT, pa.string()),
+            pa.field(CHAR_START, pa.int32()),
+            pa.field(CHAR_END, pa.int32()),
+            pa.field(TOKEN_START, pa.int32()),
+            pa.field(TOKEN_END, pa.int32()),
+            pa.field(VECTOR, pa.list_(pa.float32(), dim)),
+            pa.field(MODEL, pa.string()),
+            pa.field(DOC_FINGERPRINT, pa.string()),
+            pa.field(SOURCE_URI, pa.string()),
+            pa.field(METADATA, pa.string()),
+        ]
+    )
+
+
+def embedded_schema(dim: int) -> pa.Schema:
+    """What the embedder emits: stored chunk columns plus the skip columns (rows of skipped documents carry
+    ``error`` and a null vector; the sink counts them and never stores them)."""
+    return pa.schema([*list(chunk_schema(dim)), pa.field(ERROR, pa.string()), pa.field(ERROR_DETAIL, pa.string())])
+
+
+def chunk_id(doc_id: str, chunk_index: int) -> str:
+    """Stable, unique chunk id: the document id and the chunk's position in it (``doc#7``)."""
+    return f"{doc_id}#{chunk_index}"
+
+
+def require_columns(table: pa.Table, needed: pa.Schema | list[str], stage: str) -> None:
+    """Raise a ``ValueError`` naming the stage and the missing columns when ``table`` lacks any of them."""
+    names = needed.names if isinstance(needed, pa.Schema) else needed
+    missing = [name for name in names if name not in table.column_names]
+    if missing:
+        raise ValueError(f"{stage}: input is missing columns {missing} (has {table.column_names})")

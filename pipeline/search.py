@@ -1,0 +1,78 @@
+"""Search a lateline table with the model that built it.
+
+The query is embedded the way the model embeds a sentence (mean over all its tokens, L2-normalised) and
+compared by cosine similarity with the stored chunk vectors. Searching a table with another model is refused
+(:class:`pipeline.sink.TableMismatch`), since the scores would mean nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipeline import schema
+from pipeline.config import JobConfig
+from pipeline.embedding import embed_queries
+from pipeline.model import describe_model, load_model
+from pipeline.sink import TableMismatch, open_table, read_table_record
+
+BY_DOCUMENT_OVERSAMPLE = 10
+
+
+@dataclass(frozen=True)
+class Hit:
+    score: float
+    doc_id: str
+    chunk_id: str
+    char_start: int
+    char_end: int
+    text: str
+
+
+class TableNotFound(RuntimeError):
+    """The configured table does not exist yet."""
+
+
+def search(config: JobConfig, queries: list[str], k: int = 10, by_document: bool = False) -> list[list[Hit]]:
+    """Top ``k`` chunks (or, ``by_document``, the best chunk of each of the top ``k`` documents) per query."""
+    table = open_table(config.sink.uri, config.sink.table, config.sink.storage_options)
+    if table is None:
+        raise TableNotFound(
+            f"sink.table: no table {config.sink.table!r} at {config.sink.uri!r}; run `lateline index` first"
+        )
+    _check_model(config, read_table_record(table))
+    model = load_model(config.model, config.embedding.document_prefix)
+    vectors = embed_queries(model, queries, config.embedding.query_prefix)
+    limit = k * BY_DOCUMENT_OVERSAMPLE if by_document else k
+    return [_hits(table, vector, limit, k, by_document) for vector in vectors]
+
+
+def _check_model(config: JobConfig, record: dict | None) -> None:
+    _, _, _, identity = describe_model(config.model, config.embedding.document_prefix)
+    stored = (record or {}).get("model", {})
+    if stored.get("fingerprint") != identity.fingerprint or stored.get("dim") != identity.dim:
+        raise TableMismatch(
+            f"table {config.sink.table!r} holds vectors of model {stored.get('name')}@{stored.get('fingerprint')}; "
+            f"the config names {identity.label}. Search with --set model.name_or_path=<the table's model>."
+        )
+
+
+def _hits(table, vector, limit: int, k: int, by_document: bool) -> list[Hit]:
+    columns = [schema.DOC_ID, schema.CHUNK_ID, schema.CHAR_START, schema.CHAR_END, schema.TEXT]
+    query = table.search(vector).distance_type("cosine").select([*columns, "_distance"]).limit(limit)
+    rows = query.to_arrow().to_pylist()
+    hits, seen = [], set()
+    for row in rows:
+        if by_document and row[schema.DOC_ID] in seen:
+            continue
+        seen.add(row[schema.DOC_ID])
+        hits.append(
+            Hit(
+                1.0 - row["_distance"],
+                row[schema.DOC_ID],
+                row[schema.CHUNK_ID],
+                row[schema.CHAR_START],
+                row[schema.CHAR_END],
+                row[schema.TEXT],
+            )
+        )
+    return hits[:k]

@@ -1,0 +1,216 @@
+"""LanceDB writing: bounded commits of whole documents, idempotent by ``chunk_id``.
+
+Contract:
+- Only complete documents are committed (all ``chunk_count`` rows present), so a reader never sees half of a
+  document's chunks, whatever block boundaries Ray chose.
+- A commit happens every ``sink.commit_rows`` rows or ``sink.commit_seconds`` seconds, and at close.
+- In a table that existed before the run (``upsert``), each commit is one ``merge_insert`` on ``chunk_id`` that
+  also deletes the committed documents' old chunks that are no longer produced: a document is replaced
+  atomically, and re-running a job never duplicates rows. A table created by this run is appended to.
+- The table's schema metadata records the model identity and embedding settings. Writing with another model
+  or other settings is refused with :class:`TableMismatch` (never two models' vectors in one table).
+- A document id that arrives twice in one run is kept once; the other copy is reported as
+  ``duplicate_doc_id``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+import lancedb
+from pipeline import schema
+from pipeline.config import SinkConfig
+from pipeline.model import ModelIdentity
+
+
+class TableMismatch(RuntimeError):
+    """The table was built with another model or other settings than this job's."""
+
+
+def table_record(identity: ModelIdentity, settings: dict) -> dict[str, Any]:
+    """What a table records about how its vectors were made."""
+    return {"model": identity.to_json(), "settings": settings}
+
+
+def read_table_record(table: Any) -> dict[str, Any] | None:
+    """The record stored with ``table`` by lateline, or ``None`` for a table lateline did not create."""
+    raw = (table.schema.metadata or {}).get(schema.TABLE_METADATA_KEY)
+    return json.loads(raw) if raw else None
+
+
+def check_compatible(table_name: str, stored: dict[str, Any] | None, identity: ModelIdentity, settings: dict) -> None:
+    """Raise :class:`TableMismatch` when ``stored`` (a table's record) was made by another model or settings."""
+    if stored is None:
+        raise TableMismatch(
+            f"table {table_name!r} was not written by lateline (no model record); use another sink.table"
+        )
+    model = stored["model"]
+    same_model = all(model.get(k) == getattr(identity, k) for k in ("fingerprint", "dim", "pooling", "document_prefix"))
+    if not same_model:
+        raise TableMismatch(
+            f"table {table_name!r} holds vectors of model {model['name']}@{model['fingerprint']} (dim {model['dim']}), "
+            f"this job uses {identity.label} (dim {identity.dim}). Search with the table's model "
+            f"(--set model.name_or_path=...), or write the new model's vectors to another table "
+            f"(--set sink.table=...) or start afresh (--set sink.mode=overwrite)."
+        )
+    if stored.get("settings") != settings:
+        raise TableMismatch(
+            f"table {table_name!r} was built with other chunking/embedding settings {stored.get('settings')}; "
+            f"this job has {settings}. Use --set sink.mode=overwrite to rebuild it, or another sink.table."
+        )
+
+
+def open_table(uri: str, name: str, storage_options: dict[str, Any] | None = None) -> Any:
+    """Open an existing table; ``None`` when it does not exist."""
+    db = lancedb.connect(uri, storage_options=storage_options or None)
+    return db.open_table(name) if name in _table_names(db) else None
+
+
+def _table_names(db: Any) -> list[str]:
+    listing = db.list_tables() if hasattr(db, "list_tables") else db.table_names()
+    return list(getattr(listing, "tables", listing))
+
+
+def _sql_list(values: list[str]) -> str:
+    return ", ".join("'" + value.replace("'", "''") + "'" for value in values)
+
+
+class LanceSink:
+    """Writes :class:`~pipeline.stages.EmbedChunks` output (skip rows removed) to one LanceDB table."""
+
+    def __init__(self, config: SinkConfig, identity: ModelIdentity, settings: dict) -> None:
+        self.config = config
+        self.schema = schema.chunk_schema(identity.dim).with_metadata(
+            {schema.TABLE_METADATA_KEY: json.dumps(table_record(identity, settings))}
+        )
+        self.db = lancedb.connect(config.uri, storage_options=config.storage_options or None)
+        self.table = self._open(identity, settings)
+        self.created_here = self.table is None
+        self.partial: dict[str, list[pa.Table]] = defaultdict(list)
+        self.ready: list[pa.Table] = []
+        self.ready_rows = 0
+        self.seen_docs: set[str] = set()
+        self.last_commit = time.monotonic()
+        self.stats = {"rows_written": 0, "docs_written": 0, "commits": 0, "write_s": 0.0}
+
+    def _open(self, identity: ModelIdentity, settings: dict) -> Any:
+        exists = self.config.table in _table_names(self.db)
+        if exists and self.config.mode == "overwrite":
+            self.db.drop_table(self.config.table)
+            return None
+        if not exists:
+            return None
+        table = self.db.open_table(self.config.table)
+        check_compatible(self.config.table, read_table_record(table), identity, settings)
+        return table
+
+    def write(self, chunks: pa.Table) -> list[dict[str, Any]]:
+        """Queue chunk rows; commit when a bound is reached. Returns rows of duplicate documents dropped."""
+        complete, duplicates = self._complete_documents(chunks.cast(self.schema))
+        if complete.num_rows:
+            self.ready.append(complete)
+            self.ready_rows += complete.num_rows
+        if self.ready_rows >= self.config.commit_rows or (
+            self.ready_rows and time.monotonic() - self.last_commit >= self.config.commit_seconds
+        ):
+            self.commit()
+        return duplicates
+
+    def _complete_documents(self, chunks: pa.Table) -> tuple[pa.Table, list[dict[str, Any]]]:
+        counts = chunks.group_by(schema.DOC_ID).aggregate([(schema.CHUNK_ID, "count"), (schema.CHUNK_COUNT, "max")])
+        whole, duplicates, held = [], [], []
+        for doc, count, expected in zip(*(counts.column(i).to_pylist() for i in range(3))):
+            if doc in self.seen_docs or count > expected:
+                duplicates.append(doc)
+            elif count == expected and doc not in self.partial:
+                whole.append(doc)
+            else:
+                held.append(doc)
+        complete = chunks.filter(pc.is_in(chunks[schema.DOC_ID], pa.array(whole, pa.string())))
+        self.seen_docs.update(whole)
+        released = [self._hold(doc, chunks) for doc in held]
+        complete = pa.concat_tables([complete, *[t for t in released if t is not None]])
+        return complete, self._duplicate_rows(duplicates, chunks)
+
+    def _hold(self, doc: str, chunks: pa.Table) -> pa.Table | None:
+        """Keep a document's rows until all its chunks arrived; then release them."""
+        self.partial[doc].append(chunks.filter(pc.equal(chunks[schema.DOC_ID], doc)))
+        parts = pa.concat_tables(self.partial[doc])
+        if parts.num_rows < parts[schema.CHUNK_COUNT][0].as_py():
+            return None
+        del self.partial[doc]
+        self.seen_docs.add(doc)
+        return parts
+
+    def _duplicate_rows(self, docs: list[str], chunks: pa.Table) -> list[dict[str, Any]]:
+        rows = []
+        for doc in docs:
+            first = chunks.filter(pc.equal(chunks[schema.DOC_ID], doc)).slice(0, 1).to_pylist()[0]
+            rows.append(
+                {
+                    "doc_id": doc,
+                    "source_uri": first[schema.SOURCE_URI],
+                    "error": "duplicate_doc_id",
+                    "error_detail": "this document id appeared more than once in the source; one copy was kept",
+                }
+            )
+            if doc not in self.seen_docs:  # both copies in one block: keep the first copy's rows
+                self.ready.append(self._first_copy(chunks.filter(pc.equal(chunks[schema.DOC_ID], doc))))
+                self.ready_rows += self.ready[-1].num_rows
+                self.seen_docs.add(doc)
+        return rows
+
+    @staticmethod
+    def _first_copy(rows: pa.Table) -> pa.Table:
+        fingerprint = rows[schema.DOC_FINGERPRINT][0]
+        same = rows.filter(pc.equal(rows[schema.DOC_FINGERPRINT], fingerprint))
+        first_positions: list[int] = []
+        seen: set[str] = set()
+        for position, chunk in enumerate(same[schema.CHUNK_ID].to_pylist()):
+            if chunk not in seen:
+                seen.add(chunk)
+                first_positions.append(position)
+        return same.take(first_positions)
+
+    def commit(self) -> None:
+        """Write everything queued in one LanceDB commit."""
+        if not self.ready:
+            return
+        started = time.perf_counter()
+        data = pa.concat_tables(self.ready)
+        if self.table is None:
+            self.table = self.db.create_table(self.config.table, data=data, schema=self.schema)
+        elif self.created_here:
+            self.table.add(data)
+        else:
+            docs = pc.unique(data[schema.DOC_ID]).to_pylist()
+            (
+                self.table.merge_insert(schema.CHUNK_ID)
+                .when_matched_update_all()
+                .when_not_matched_insert_all()
+                .when_not_matched_by_source_delete(f"{schema.DOC_ID} IN ({_sql_list(docs)})")
+                .execute(data)
+            )
+        self.stats["rows_written"] += data.num_rows
+        self.stats["docs_written"] += len(pc.unique(data[schema.DOC_ID]))
+        self.stats["commits"] += 1
+        self.stats["write_s"] += time.perf_counter() - started
+        self.ready, self.ready_rows, self.last_commit = [], 0, time.monotonic()
+
+    def close(self) -> dict[str, Any]:
+        """Commit what is left; return write counters with the table's row count and version.
+
+        Rows of documents still incomplete here mean a stage lost rows: that is a bug, reported as an error.
+        """
+        self.commit()
+        if self.partial:
+            raise RuntimeError(f"incomplete documents at the end of the run: {sorted(self.partial)[:10]}")
+        if self.table is None:
+            return {**self.stats, "table_rows": 0, "table_version": None}
+        return {**self.stats, "table_rows": self.table.count_rows(), "table_version": self.table.version}

@@ -1,0 +1,222 @@
+"""List and read corpora from any fsspec location (``s3://``, local paths, globs).
+
+Listing runs on the driver and returns :class:`SourceObject` rows (path, size, etag) so later stages can skip
+unchanged objects before downloading them. Reading runs in Ray tasks and yields document tables in the
+:data:`pipeline.schema.DOCUMENTS` schema. A bad record never stops its file: it becomes a row with an
+``error`` reason (``invalid_json``, ``invalid_utf8``, ``missing_id``, ``missing_text``, ``non_string_text``,
+``empty_text``, ``too_large``, ``unreadable_source``) and a detail with the line number and a raw snippet.
+S3 credentials and endpoint come from the standard AWS environment / config files, or ``storage_options``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+from fsspec.core import url_to_fs
+
+from pipeline import schema
+from pipeline.config import SourceConfig
+
+_GLOB_CHARS = ("*", "?", "[")
+SNIPPET_CHARS = 200
+
+
+class SourceError(RuntimeError):
+    """The source as a whole cannot be listed (wrong URI, no access, nothing matches)."""
+
+
+@dataclass(frozen=True)
+class SourceObject:
+    """One file of a source. ``path`` is a full URI; ``root`` the URI that relative ids are taken from."""
+
+    path: str
+    root: str
+    size: int | None
+    etag: str | None
+
+
+def list_source_objects(source: SourceConfig) -> list[SourceObject]:
+    """Every file the source names, sorted by path. Raises :class:`SourceError` naming the URI when it cannot
+    be listed or matches nothing."""
+    try:
+        fs, path = url_to_fs(source.uri, **source.storage_options)
+        entries, root = _list(fs, path, source.include_patterns())
+    except (OSError, ValueError, ImportError) as exc:
+        raise SourceError(f"source.uri: cannot list {source.uri!r}: {exc}") from exc
+    if not entries:
+        raise SourceError(f"source.uri: no {source.format} files found at {source.uri!r}")
+    return [
+        SourceObject(fs.unstrip_protocol(name), fs.unstrip_protocol(root), info.get("size"), _version_tag(info))
+        for name, info in sorted(entries.items())
+    ]
+
+
+def _list(fs: fsspec.AbstractFileSystem, path: str, include: tuple[str, ...]) -> tuple[dict[str, dict], str]:
+    if any(ch in path for ch in _GLOB_CHARS):
+        root = path.split("*")[0].split("?")[0].split("[")[0].rsplit("/", 1)[0]
+        found = fs.glob(path, detail=True)
+        return {name: info for name, info in found.items() if info.get("type") != "directory"}, root
+    if fs.isdir(path):
+        found = fs.find(path, detail=True)
+        return {name: info for name, info in found.items() if _included(name, include)}, path
+    if fs.isfile(path):
+        return {path: fs.info(path)}, path.rsplit("/", 1)[0]
+    raise FileNotFoundError(f"no such file or directory: {path}")
+
+
+def _included(name: str, include: tuple[str, ...]) -> bool:
+    base = name.rsplit("/", 1)[-1]
+    return not base.startswith(".") and any(fnmatch.fnmatch(base, pattern) for pattern in include)
+
+
+def _version_tag(info: dict[str, Any]) -> str | None:
+    for key in ("ETag", "etag", "mtime", "LastModified", "last_modified"):
+        if info.get(key) is not None:
+            return str(info[key]).strip('"')
+    return None
+
+
+def objects_table(objects: Iterable[SourceObject]) -> list[dict[str, Any]]:
+    """Source objects as rows for ``ray.data.from_items``."""
+    return [asdict(obj) for obj in objects]
+
+
+def read_objects(objects: pa.Table, source: SourceConfig) -> Iterator[pa.Table]:
+    """Ray task body: read every object in ``objects`` (columns of :class:`SourceObject`) and yield document
+    tables of at most ``source.read_batch_docs`` rows."""
+    for row in objects.to_pylist():
+        rows: list[dict[str, Any]] = []
+        for doc in read_object(row["path"], row["root"], source):
+            rows.append(doc)
+            if len(rows) >= source.read_batch_docs:
+                yield pa.Table.from_pylist(rows, schema=schema.DOCUMENTS)
+                rows = []
+        if rows:
+            yield pa.Table.from_pylist(rows, schema=schema.DOCUMENTS)
+
+
+def read_object(path: str, root: str, source: SourceConfig) -> Iterator[dict[str, Any]]:
+    """Document rows of one file; a file that cannot be opened or parsed yields one ``unreadable_source`` row."""
+    try:
+        fs, local = url_to_fs(path, **source.storage_options)
+        if source.format == "jsonl":
+            yield from _jsonl_records(fs, local, path, source)
+        elif source.format == "parquet":
+            yield from _parquet_records(fs, local, path, source)
+        else:
+            yield _text_record(fs, local, path, root, source)
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        yield skipped(path, "unreadable_source", f"{type(exc).__name__}: {exc}")
+
+
+def _jsonl_records(fs: Any, local: str, uri: str, source: SourceConfig) -> Iterator[dict[str, Any]]:
+    with fs.open(local, "rb", compression="infer") as handle:
+        for line_number, raw in enumerate(handle, start=1):
+            if raw.strip():
+                yield _parse_json_line(raw, line_number, uri, source)
+
+
+def _parse_json_line(raw: bytes, line_number: int, uri: str, source: SourceConfig) -> dict[str, Any]:
+    where = f"line {line_number}"
+    try:
+        record = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        return skipped(uri, "invalid_utf8", f"{where}: {exc}", raw)
+    except json.JSONDecodeError as exc:
+        return skipped(uri, "invalid_json", f"{where}: {exc}", raw)
+    if not isinstance(record, dict):
+        return skipped(uri, "invalid_json", f"{where}: expected an object, got {type(record).__name__}", raw)
+    return record_to_document(record, uri, where, source)
+
+
+def _parquet_records(fs: Any, local: str, uri: str, source: SourceConfig) -> Iterator[dict[str, Any]]:
+    with fs.open(local, "rb") as handle:
+        parquet = pq.ParquetFile(handle)
+        wanted = [source.id_field, source.text_field, *source.metadata_fields]
+        columns = [name for name in wanted if name in parquet.schema_arrow.names]
+        row_number = 0
+        for batch in parquet.iter_batches(columns=columns, batch_size=source.read_batch_docs):
+            for record in batch.to_pylist():
+                row_number += 1
+                yield record_to_document(record, uri, f"row {row_number}", source)
+
+
+def _text_record(fs: Any, local: str, uri: str, root: str, source: SourceConfig) -> dict[str, Any]:
+    with fs.open(local, "rb", compression="infer") as handle:
+        raw = handle.read(source.max_doc_chars * 4 + 1)
+    doc_id = relative_id(uri, root)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return skipped(uri, "invalid_utf8", str(exc), raw, doc_id)
+    return record_to_document({"id": doc_id, "text": text}, uri, "file", source, "id", "text")
+
+
+def relative_id(uri: str, root: str) -> str:
+    """A text file's document id: its path relative to the source root (the file name for a single file)."""
+    return uri[len(root) :].lstrip("/") if uri.startswith(root) and uri != root else uri.rsplit("/", 1)[-1]
+
+
+def record_to_document(
+    record: dict[str, Any],
+    uri: str,
+    where: str,
+    source: SourceConfig,
+    id_field: str | None = None,
+    text_field: str | None = None,
+) -> dict[str, Any]:
+    """Validate one record into a document row, or a skipped row with the reason."""
+    id_field, text_field = id_field or source.id_field, text_field or source.text_field
+    doc_id, text = record.get(id_field), record.get(text_field)
+    snippet = json.dumps(record, default=str)[:SNIPPET_CHARS]
+    if doc_id is None or (isinstance(doc_id, str) and not doc_id.strip()):
+        return skipped(uri, "missing_id", f"{where}: no {id_field!r} field", snippet)
+    doc_id = str(doc_id)
+    if text is None:
+        return skipped(uri, "missing_text", f"{where}: no {text_field!r} field", snippet, doc_id)
+    if not isinstance(text, str):
+        return skipped(uri, "non_string_text", f"{where}: {text_field!r} is {type(text).__name__}", snippet, doc_id)
+    if not text.strip():
+        return skipped(uri, "empty_text", f"{where}: {text_field!r} is empty", snippet, doc_id)
+    if len(text) > source.max_doc_chars:
+        detail = f"{where}: {len(text)} chars > source.max_doc_chars {source.max_doc_chars}"
+        return skipped(uri, "too_large", detail, snippet, doc_id)
+    metadata = {name: record.get(name) for name in source.metadata_fields}
+    return {
+        schema.DOC_ID: doc_id,
+        schema.TEXT: text,
+        schema.SOURCE_URI: uri,
+        schema.METADATA: json.dumps(metadata, default=str, ensure_ascii=False),
+        schema.ERROR: None,
+        schema.ERROR_DETAIL: None,
+    }
+
+
+def skipped(uri: str, reason: str, detail: str, raw: bytes | str = b"", doc_id: str | None = None) -> dict[str, Any]:
+    """A row for a record that cannot be indexed: ``error`` is the reason code, the detail ends with a raw
+    snippet of the record."""
+    snippet = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+    snippet = snippet.strip()[:SNIPPET_CHARS]
+    return {
+        schema.DOC_ID: doc_id,
+        schema.TEXT: None,
+        schema.SOURCE_URI: uri,
+        schema.METADATA: None,
+        schema.ERROR: reason,
+        schema.ERROR_DETAIL: f"{detail} | {snippet}" if snippet else detail,
+    }
+
+
+def content_hash(text: str, metadata_json: str | None) -> str:
+    """sha256 of a document's text and pass-through metadata (what the stored rows are made from)."""
+    digest = hashlib.sha256(text.encode("utf-8"))
+    digest.update(b"\x00" + (metadata_json or "").encode("utf-8"))
+    return digest.hexdigest()

@@ -1,0 +1,237 @@
+"""Thin Ray stages: convert Arrow <-> plain values and call the pure core. None of them mutates its input.
+
+- :func:`read_documents`   objects (path, root, size, etag) -> ``schema.DOCUMENTS``           (Ray tasks)
+- :func:`chunk_documents`  ``DOCUMENTS`` -> ``CHUNKED_DOCUMENTS`` (tokens + spans + fingerprint) (Ray tasks)
+- :class:`EmbedChunks`     ``CHUNKED_DOCUMENTS`` -> ``embedded_schema(dim)``, one row per chunk  (actor pool)
+
+Rows of skipped documents (``error`` set) travel through every stage untouched so the sink can count and
+report them; a document whose embedding fails is turned into such a row (``embed_failed``) and the rest of its
+batch goes on. Every stage reports counters to the run's :class:`RunStats` with the same names.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline import schema
+from pipeline.chunking import chunk_spans
+from pipeline.config import BatchingConfig, ChunkingConfig, EmbeddingConfig, ModelConfig, SourceConfig
+from pipeline.fingerprint import document_fingerprint
+from pipeline.model import load_model, load_tokenizer, raw_tokenizer, resolve_model_path
+from pipeline.sources import content_hash, read_objects
+
+
+class RunStats:
+    """Counters and timers summed over all stages of a run (a Ray actor in a real run, plain object in tests)."""
+
+    def __init__(self) -> None:
+        self.counters: dict[str, float] = defaultdict(float)
+
+    def add(self, counters: dict[str, float]) -> None:
+        for name, value in counters.items():
+            self.counters[name] += value
+
+    def snapshot(self) -> dict[str, float]:
+        return dict(self.counters)
+
+
+def report(stats: Any, counters: dict[str, float]) -> None:
+    """Send counters to ``stats`` (an actor handle, a :class:`RunStats`, or ``None``) without waiting."""
+    if stats is None:
+        return
+    if hasattr(stats.add, "remote"):
+        stats.add.remote(counters)
+    else:
+        stats.add(counters)
+
+
+def read_documents(objects: pa.Table, source: SourceConfig, stats: Any = None) -> Iterator[pa.Table]:
+    """Read source objects into document tables (see :func:`pipeline.sources.read_objects`)."""
+    started = time.perf_counter()
+    for table in read_objects(objects, source):
+        report(stats, {"docs_in": table.num_rows, "read_s": time.perf_counter() - started})
+        yield table
+        started = time.perf_counter()
+    report(stats, {"objects_read": objects.num_rows})
+
+
+@dataclass(frozen=True)
+class ChunkSettings:
+    """What the chunk stage needs: the tokenizer's model, the chunker and the settings digest."""
+
+    model: ModelConfig
+    chunking: ChunkingConfig
+    settings_digest: str
+
+
+@lru_cache(maxsize=4)
+def _document_tokenizer(model: ModelConfig) -> Any:
+    path = resolve_model_path(model.name_or_path)
+    return raw_tokenizer(load_tokenizer(path, model.revision, model.trust_remote_code))
+
+
+def chunk_documents(batch: pa.Table, settings: ChunkSettings, stats: Any = None) -> pa.Table:
+    """Tokenize each good document (no special tokens, char offsets) and attach its chunk spans and
+    fingerprint. A document without tokens becomes a ``no_tokens`` skip."""
+    schema.require_columns(batch, schema.DOCUMENTS, "chunk_documents")
+    started = time.perf_counter()
+    rows = batch.to_pylist()
+    good = [i for i, row in enumerate(rows) if row[schema.ERROR] is None]
+    encodings = _document_tokenizer(settings.model).encode_batch(
+        [rows[i][schema.TEXT] for i in good], add_special_tokens=False
+    )
+    tokens = 0
+    for index, encoding in zip(good, encodings):
+        row = rows[index]
+        spans = chunk_spans(row[schema.TEXT], encoding.offsets, **_chunk_args(settings.chunking))
+        if not spans:
+            row.update({schema.ERROR: "no_tokens", schema.ERROR_DETAIL: "the tokenizer found no tokens"})
+            continue
+        tokens += len(encoding.ids)
+        _attach_chunks(row, encoding.ids, spans)
+        row[schema.DOC_FINGERPRINT] = document_fingerprint(
+            content_hash(row[schema.TEXT], row[schema.METADATA]), settings.settings_digest
+        )
+    for row in rows:
+        row.setdefault(schema.DOC_FINGERPRINT, None)
+        for column in (schema.INPUT_IDS, schema.CHAR_STARTS, schema.CHAR_ENDS, schema.TOKEN_STARTS, schema.TOKEN_ENDS):
+            row.setdefault(column, [])
+    report(stats, {"tokens": tokens, "chunk_s": time.perf_counter() - started})
+    return pa.Table.from_pylist(rows, schema=schema.CHUNKED_DOCUMENTS)
+
+
+def _chunk_args(chunking: ChunkingConfig) -> dict[str, Any]:
+    return {
+        "strategy": chunking.strategy,
+        "size": chunking.size,
+        "overlap": chunking.overlap,
+        "sentences_per_chunk": chunking.sentences_per_chunk,
+        "min_tokens": chunking.min_tokens,
+    }
+
+
+def _attach_chunks(row: dict[str, Any], ids: list[int], spans: list) -> None:
+    row[schema.INPUT_IDS] = ids
+    row[schema.CHAR_STARTS] = [s.char_start for s in spans]
+    row[schema.CHAR_ENDS] = [s.char_end for s in spans]
+    row[schema.TOKEN_STARTS] = [s.token_start for s in spans]
+    row[schema.TOKEN_ENDS] = [s.token_end for s in spans]
+
+
+class EmbedChunks:
+    """Actor stage: loads the model once, then turns chunked documents into chunk rows with vectors."""
+
+    def __init__(
+        self,
+        model: ModelConfig,
+        embedding: EmbeddingConfig,
+        batching: BatchingConfig,
+        torch_threads: int | None = None,
+        stats: Any = None,
+    ) -> None:
+        from pipeline.embedding import ChunkEmbedder
+
+        if torch_threads:
+            import torch
+
+            torch.set_num_threads(torch_threads)
+        self.loaded = load_model(model, embedding.document_prefix)
+        self.embedder = ChunkEmbedder(
+            self.loaded, embedding.mode, embedding.window_overlap, batching.max_tokens, batching.max_sequences
+        )
+        self.output_schema = schema.embedded_schema(self.loaded.identity.dim)
+        self.stats = stats
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        schema.require_columns(batch, schema.CHUNKED_DOCUMENTS, "EmbedChunks")
+        before = self.embedder.stats.as_dict()
+        rows = batch.to_pylist()
+        good = [row for row in rows if row[schema.ERROR] is None]
+        vectors, failed = self._embed(good)
+        chunk_rows = [r for row in good if id(row) not in failed for r in self._chunk_rows(row)]
+        skip_rows = [self._skip_row(row) for row in rows if row[schema.ERROR] is not None or id(row) in failed]
+        table = self._table(chunk_rows, vectors, skip_rows)
+        after = self.embedder.stats.as_dict()
+        counters = {f"forward_{k}": after[k] - before[k] for k in after}
+        report(self.stats, {**counters, "embed_s": counters.pop("forward_seconds"), "chunks_out": len(chunk_rows)})
+        return table
+
+    def _embed(self, rows: list[dict[str, Any]]) -> tuple[np.ndarray, dict[int, str]]:
+        """Vectors of all spans of ``rows``; on an error, embed document by document and mark the failures."""
+        try:
+            return self.embedder.embed([_doc_input(row) for row in rows]), {}
+        except Exception:
+            failed: dict[int, str] = {}
+            parts = []
+            for row in rows:
+                try:
+                    parts.append(self.embedder.embed([_doc_input(row)]))
+                except Exception as exc:
+                    failed[id(row)] = f"{type(exc).__name__}: {exc}"
+                    row[schema.ERROR], row[schema.ERROR_DETAIL] = "embed_failed", failed[id(row)][:500]
+            dim = self.loaded.identity.dim
+            return (np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)), failed
+
+    def _chunk_rows(self, row: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        spans = list(
+            zip(row[schema.CHAR_STARTS], row[schema.CHAR_ENDS], row[schema.TOKEN_STARTS], row[schema.TOKEN_ENDS])
+        )
+        for index, (char_start, char_end, token_start, token_end) in enumerate(spans):
+            yield {
+                schema.CHUNK_ID: schema.chunk_id(row[schema.DOC_ID], index),
+                schema.DOC_ID: row[schema.DOC_ID],
+                schema.CHUNK_INDEX: index,
+                schema.CHUNK_COUNT: len(spans),
+                schema.TEXT: row[schema.TEXT][char_start:char_end],
+                schema.CHAR_START: char_start,
+                schema.CHAR_END: char_end,
+                schema.TOKEN_START: token_start,
+                schema.TOKEN_END: token_end,
+                schema.MODEL: self.loaded.identity.label,
+                schema.DOC_FINGERPRINT: row[schema.DOC_FINGERPRINT],
+                schema.SOURCE_URI: row[schema.SOURCE_URI],
+                schema.METADATA: row[schema.METADATA],
+            }
+
+    @staticmethod
+    def _skip_row(row: dict[str, Any]) -> dict[str, Any]:
+        return {
+            schema.CHUNK_ID: f"skip:{row[schema.SOURCE_URI]}:{row[schema.DOC_ID]}",
+            schema.DOC_ID: row[schema.DOC_ID] or "",
+            schema.CHUNK_INDEX: -1,
+            schema.CHUNK_COUNT: 0,
+            schema.SOURCE_URI: row[schema.SOURCE_URI],
+            schema.ERROR: row[schema.ERROR],
+            schema.ERROR_DETAIL: row[schema.ERROR_DETAIL],
+        }
+
+    def _table(self, chunk_rows: list[dict], vectors: np.ndarray, skip_rows: list[dict]) -> pa.Table:
+        dim = self.loaded.identity.dim
+        without_vector = pa.schema([f for f in self.output_schema if f.name != schema.VECTOR])
+        chunks = pa.Table.from_pylist(chunk_rows, schema=without_vector)
+        vector_type = self.output_schema.field(schema.VECTOR).type
+        flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1))
+        chunks = chunks.append_column(schema.VECTOR, pa.FixedSizeListArray.from_arrays(flat, dim))
+        skips = pa.Table.from_pylist(skip_rows, schema=without_vector)
+        skips = skips.append_column(schema.VECTOR, pa.nulls(len(skip_rows), vector_type))
+        return pa.concat_tables([chunks, skips]).select(self.output_schema.names).cast(self.output_schema)
+
+
+def _doc_input(row: dict[str, Any]) -> tuple[list[int], list[tuple[int, int]]]:
+    return row[schema.INPUT_IDS], list(zip(row[schema.TOKEN_STARTS], row[schema.TOKEN_ENDS]))
+
+
+def split_skips(table: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """``(chunk rows in the stored schema, skipped-document rows)`` of an :class:`EmbedChunks` output."""
+    is_skip = pc.is_valid(table[schema.ERROR])
+    chunks = table.filter(pc.invert(is_skip)).drop_columns([schema.ERROR, schema.ERROR_DETAIL])
+    return chunks, table.filter(is_skip)

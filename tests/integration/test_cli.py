@@ -1,0 +1,87 @@
+"""The commands as a user runs them: errors name the key and the value, exit 2, and nothing is written."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _lateline(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    exe = shutil.which("lateline") or str(Path(sys.executable).with_name("lateline"))
+    return subprocess.run([exe, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def _write(tmp_path: Path, config: dict) -> str:
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def _local(tmp_path: Path, **sections: dict) -> dict:
+    config = {
+        "source": {"uri": str(REPO / "data" / "sample"), "format": "jsonl"},
+        "sink": {"uri": str(tmp_path / "db")},
+        "runtime": {"summary_dir": str(tmp_path / "runs")},
+    }
+    for name, values in sections.items():
+        config.setdefault(name, {}).update(values)
+    return config
+
+
+@pytest.mark.parametrize(
+    ("section", "values", "expected"),
+    [
+        ("chunking", {"size": -3}, ["chunking.size", "-3"]),
+        ("chunking", {"sise": 100}, ["chunking.sise", "unknown key"]),
+        ("embedding", {"mode": "fast"}, ["embedding.mode", "'late'", "'naive'", "fast"]),
+        ("model", {"dtype": "int4"}, ["model.dtype", "int4", "'bfloat16'"]),
+        ("chunking", {"size": 64, "overlap": 64}, ["chunking.overlap", "64"]),
+        ("source", {"format": "csv"}, ["source.format", "csv", "'parquet'"]),
+    ],
+)
+def test_bad_config_exits_2_naming_key_and_value(tmp_path: Path, section: str, values: dict, expected: list) -> None:
+    result = _lateline("index", "--config", _write(tmp_path, _local(tmp_path, **{section: values})))
+    assert result.returncode == 2, result.stderr
+    for fragment in expected:
+        assert fragment in result.stderr
+    assert not (tmp_path / "db").exists() and not (tmp_path / "runs").exists()
+
+
+def test_set_override_is_validated_too(tmp_path: Path) -> None:
+    result = _lateline("index", "--config", _write(tmp_path, _local(tmp_path)), "--set", "batching.max_tokens=0")
+    assert result.returncode == 2 and "batching.max_tokens" in result.stderr and "0" in result.stderr
+
+
+def test_missing_source_names_the_uri(tmp_path: Path) -> None:
+    config = _local(tmp_path, source={"uri": str(tmp_path / "nowhere")})
+    result = _lateline("index", "--config", _write(tmp_path, config))
+    assert result.returncode == 2 and "source.uri" in result.stderr and "nowhere" in result.stderr
+
+
+def test_search_before_index_says_what_to_do(tmp_path: Path) -> None:
+    result = _lateline("search", "--config", _write(tmp_path, _local(tmp_path)), "anything")
+    assert result.returncode == 2 and "lateline index" in result.stderr
+
+
+def test_unknown_job_prints_usage() -> None:
+    result = _lateline("frobnicate")
+    assert result.returncode == 2 and "usage: lateline" in result.stderr and "index" in result.stderr
+
+
+def test_module_form_used_by_ray_job_submit(tmp_path: Path) -> None:
+    config = _local(tmp_path, chunking={"size": 0})
+    result = subprocess.run(
+        [sys.executable, "-m", "jobs.index", "--config", _write(tmp_path, config)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2 and "chunking.size" in result.stderr
