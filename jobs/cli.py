@@ -6,8 +6,11 @@ import importlib
 import sys
 
 JOBS = {
-    "index": "chunk, late-embed and write a source into a LanceDB table",
+    "index": "bring the table in line with the whole source (incremental)",
+    "backfill": "index a prefix, glob or list of URIs; resumable, removes nothing",
     "search": "search a table with the model that built it",
+    "deadletter": "list or replay records that could not be indexed",
+    "maintain": "compact, clean up old versions, build indexes",
 }
 
 
@@ -15,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in {"-h", "--help"} or argv[0] not in JOBS:
         known = "\n".join(f"  {name:<8} {text}" for name, text in JOBS.items())
-        print(f"usage: lateline <job> [options]\n\njobs:\n{known}", file=sys.stderr)
+        print(f"usage: lateline <job> [options]  (lateline <job> --help for more)\n\njobs:\n{known}", file=sys.stderr)
         return 0 if argv and argv[0] in {"-h", "--help"} else 2
     return importlib.import_module(f"jobs.{argv[0]}").main(argv[1:])
 

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from collections.abc import Callable
+from typing import Any
 
 from pipeline.config import ConfigError, JobConfig, load_config
+from pipeline.lock import TableLocked
 from pipeline.runner import EXIT_CODES
+from pipeline.sink import TableMismatch
+from pipeline.sources import SourceError
+
+SUMMARY_KEYS = ("run_id", "status", "counts", "time_s", "throughput", "summary_path")
 
 
 def config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,3 +45,17 @@ def fail(message: str, code: str) -> int:
     """Print ``message`` to stderr and return the exit code named ``code``."""
     print(f"error: {message}", file=sys.stderr)
     return EXIT_CODES[code]
+
+
+def run_writing_job(job: str, work: Callable[[], dict[str, Any]]) -> int:
+    """Run a job that writes the table; print the summary's head; map failures to exit codes."""
+    try:
+        summary = work()
+    except (SourceError, TableMismatch) as exc:
+        return fail(str(exc), "config")
+    except TableLocked as exc:
+        return fail(str(exc), "locked")
+    except Exception as exc:
+        return fail(f"{job} failed: {type(exc).__name__}: {exc}", "failed")
+    print(json.dumps({key: summary.get(key) for key in SUMMARY_KEYS}, indent=2))
+    return EXIT_CODES[summary["status"]]

@@ -1,21 +1,19 @@
-"""``lateline index``: chunk, late-embed and write a whole source into the LanceDB table."""
+"""``lateline index``: bring the table in line with the whole source: new and changed documents embedded,
+unchanged ones skipped for free, documents gone from the source removed."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
-from jobs.common import config_arguments, fail, load_or_exit
-from pipeline.runner import EXIT_CODES, run_index
-from pipeline.sink import TableMismatch
-from pipeline.sources import SourceError
+from jobs.common import config_arguments, fail, load_or_exit, run_writing_job
+from pipeline.runner import run_index
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lateline index", description=__doc__)
     config_arguments(p)
-    p.add_argument("--limit", type=int, default=None, help="index at most N documents (for a trial run)")
+    p.add_argument("--limit", type=int, default=None, help="index at most N documents (a trial; removes nothing)")
     return p
 
 
@@ -26,14 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     config = load_or_exit(args)
     if isinstance(config, int):
         return config
-    try:
-        summary = run_index(config, limit=args.limit)
-    except (SourceError, TableMismatch) as exc:
-        return fail(str(exc), "config")
-    except Exception as exc:
-        return fail(f"index failed: {type(exc).__name__}: {exc}", "failed")
-    print(json.dumps({k: summary[k] for k in ("status", "counts", "time_s", "throughput", "summary_path")}, indent=2))
-    return EXIT_CODES["ok"]
+    return run_writing_job("index", lambda: run_index(config, limit=args.limit))
 
 
 if __name__ == "__main__":

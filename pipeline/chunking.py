@@ -134,17 +134,29 @@ def paragraph_bounds(text: str, offsets: Offsets, size: int, min_tokens: int) ->
 
 
 def merge_small(chunks: list[tuple[int, int]], size: int, min_tokens: int) -> list[tuple[int, int]]:
-    """Merge each chunk shorter than ``min_tokens`` with the following one (the last with the previous one)
-    when the merged chunk stays within ``size``. Contiguous input stays contiguous."""
+    """Join each chunk shorter than ``min_tokens`` to the following one when the joined chunk stays within
+    ``size`` (so a short heading opens its section's chunk), else to the previous one when that fits, else
+    keep it. Contiguous input stays contiguous."""
     merged: list[tuple[int, int]] = []
+    waiting: tuple[int, int] | None = None  # a small chunk to be joined with the next one
     for start, end in chunks:
-        if merged and _mergeable(merged[-1], (start, end), size, min_tokens):
-            merged[-1] = (merged[-1][0], end)
+        if waiting is not None:
+            if end - waiting[0] <= size:
+                start = waiting[0]
+            else:
+                _join_previous_or_keep(merged, waiting, size)
+            waiting = None
+        if end - start < min_tokens:
+            waiting = (start, end)
         else:
             merged.append((start, end))
+    if waiting is not None:
+        _join_previous_or_keep(merged, waiting, size)
     return merged
 
 
-def _mergeable(previous: tuple[int, int], current: tuple[int, int], size: int, min_tokens: int) -> bool:
-    small = previous[1] - previous[0] < min_tokens or current[1] - current[0] < min_tokens
-    return small and current[1] - previous[0] <= size
+def _join_previous_or_keep(merged: list[tuple[int, int]], small: tuple[int, int], size: int) -> None:
+    if merged and small[1] - merged[-1][0] <= size:
+        merged[-1] = (merged[-1][0], small[1])
+    else:
+        merged.append(small)

@@ -105,13 +105,16 @@ class BatchingConfig(_Strict):
 
 class SinkConfig(_Strict):
     """The LanceDB table. ``upsert`` replaces each written document's chunks atomically and keeps the rest;
-    ``overwrite`` starts the table afresh. A commit happens every ``commit_rows`` rows or ``commit_seconds``."""
+    ``overwrite`` starts the table afresh. A commit happens every ``commit_rows`` rows or ``commit_seconds``.
+    ``delete_missing``: a complete ``index`` run removes documents gone from the source (``backfill`` never
+    does). Dead letters go to the table ``<table>__deadletter`` beside it."""
 
     uri: str = Field(default="./lancedb", min_length=1)
     table: str = Field(default="chunks", pattern=r"^[A-Za-z0-9_.-]+$")
     mode: Literal["upsert", "overwrite"] = "upsert"
     commit_rows: int = Field(default=10_000, gt=0)
     commit_seconds: float = Field(default=60.0, gt=0)
+    delete_missing: bool = True
     storage_options: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -126,6 +129,22 @@ class RuntimeConfig(_Strict):
     summary_dir: str = "runs"
     progress_seconds: float = Field(default=10.0, gt=0)
     ray_progress_bars: bool = False
+    max_dead_letters: int | None = Field(default=None, ge=0)
+    max_dead_letter_fraction: float | None = Field(default=None, ge=0, le=1)
+
+
+class MaintainConfig(_Strict):
+    """``lateline maintain``: compact fragments, drop versions older than ``retain_versions_hours``, and build or
+    update the indexes: an ANN index on ``vector`` (once the table has ``ann_min_rows`` rows), a full-text
+    index on ``text`` and a scalar index on ``chunk_id`` (speeds up upserts). ``after_run`` runs it after
+    every index/backfill job."""
+
+    compact: bool = True
+    retain_versions_hours: float = Field(default=168.0, ge=0)
+    ann_index: Literal["none", "ivf_pq", "hnsw"] = "ivf_pq"
+    ann_min_rows: int = Field(default=5_000, gt=0)
+    fts: bool = True
+    after_run: bool = False
 
 
 class JobConfig(_Strict):
@@ -138,6 +157,7 @@ class JobConfig(_Strict):
     batching: BatchingConfig = BatchingConfig()
     sink: SinkConfig = SinkConfig()
     runtime: RuntimeConfig = RuntimeConfig()
+    maintain: MaintainConfig = MaintainConfig()
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -153,8 +173,18 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             if not isinstance(child, dict):
                 raise ConfigError(f"{key}: {part!r} is not a section (got {child!r})")
             node = child
-        node[leaf] = yaml.safe_load(value) if value != "" else ""
+        node[leaf] = _scalar(value)
     return raw
+
+
+def _scalar(value: str) -> Any:
+    """A ``--set`` value as YAML (numbers, booleans, lists); text YAML cannot parse (``*.jsonl``) stays text."""
+    if value == "":
+        return ""
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> JobConfig:
@@ -172,23 +202,45 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> JobConf
 
 
 def parse_config(raw: dict[str, Any]) -> JobConfig:
-    """Validate a raw dict into a :class:`JobConfig`; errors name key, value and what is allowed."""
+    """Validate a raw dict into a :class:`JobConfig`; errors name key, value and what is allowed (one line per
+    key: the alternatives of a union such as ``int | 'auto'`` are joined with "or")."""
     try:
         return JobConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError("\n".join(_describe(err) for err in exc.errors())) from None
+        lines: dict[str, str] = {}
+        for err in exc.errors():
+            key, line = _describe(err)
+            lines[key] = f"{lines[key]}; or {line.split(': ', 1)[1]}" if key in lines else line
+        raise ConfigError("\n".join(lines.values())) from None
 
 
-def _describe(err: dict[str, Any]) -> str:
-    key = ".".join(str(p) for p in err["loc"] if not str(p).startswith(("function-after", "literal[")))
+def _config_key(loc: tuple) -> str:
+    """The dotted key of an error location, without pydantic's union/validator tags (``int``, ``literal[...]``)."""
+    parts, model = [], JobConfig
+    for part in loc:
+        if model is None:  # below a leaf field: pydantic's tags, not keys
+            break
+        fields = model.model_fields
+        if part in fields:
+            parts.append(part)
+            annotation = fields[part].annotation
+            model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+        else:  # an unknown key
+            parts.append(str(part))
+            model = None
+    return ".".join(parts)
+
+
+def _describe(err: dict[str, Any]) -> tuple[str, str]:
+    key = _config_key(err["loc"])
     message = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
-        return f"{key}: unknown key (allowed here: {', '.join(_allowed_keys(err['loc'][:-1]))})"
+        return key, f"{key}: unknown key (allowed here: {', '.join(_allowed_keys(err['loc'][:-1]))})"
     if err["type"] == "missing":
-        return f"{key}: required key is missing"
+        return key, f"{key}: required key is missing"
     if "got " in message:
-        return f"{key}: {message}"
-    return f"{key}: {message} (got {_short(err.get('input'))})"
+        return key, f"{key}: {message}"
+    return key, f"{key}: {message} (got {_short(err.get('input')) if 'input' in err else 'nothing'})"
 
 
 def _allowed_keys(section: tuple) -> list[str]:

@@ -39,7 +39,8 @@ def size_actor_pool(runtime: RuntimeConfig, cluster_cpus: float, cluster_gpus: f
         return ActorPlan(size, runtime.num_cpus_per_actor, gpus, runtime.torch_threads)
     size = runtime.num_actors if runtime.num_actors != "auto" else max(1, int((cluster_cpus - 1) // CPUS_PER_CPU_ACTOR))
     threads = runtime.torch_threads or max(1, int(cluster_cpus // size))
-    num_cpus = min(runtime.num_cpus_per_actor, max(0.5, (cluster_cpus - 1) / size))
+    # Never reserve more than the cluster has beside one CPU for reading: a pool that cannot start would hang.
+    num_cpus = min(runtime.num_cpus_per_actor, max(0.05, (cluster_cpus - 1) / size))
     return ActorPlan(size, num_cpus, 0.0, threads)
 
 
@@ -49,9 +50,11 @@ def build_dataset(
     settings_digest: str,
     actors: ActorPlan,
     stats: Any = None,
+    known: Any = None,
     limit: int | None = None,
 ) -> Any:
-    """The lazy Ray Dataset of embedded chunk rows (``schema.embedded_schema``) for ``objects``."""
+    """The lazy Ray Dataset of embedded chunk rows (``schema.embedded_schema``) for ``objects``. ``known``
+    (doc id -> fingerprint, or an object ref to it) lets readers drop unchanged documents."""
     import ray
     from ray.data import ActorPoolStrategy, DataContext
 
@@ -65,7 +68,7 @@ def build_dataset(
         batch_size=1,
         batch_format="pyarrow",
         num_cpus=CPU_TASK_CPUS,
-        fn_kwargs={"source": config.source, "stats": stats},
+        fn_kwargs={"source": config.source, "settings_digest": settings_digest, "known": known, "stats": stats},
     )
     if limit is not None:
         dataset = dataset.limit(limit)
@@ -73,7 +76,7 @@ def build_dataset(
     # and the driver, as one block. Streaming repartition keeps blocks at docs_per_block documents, so progress,
     # memory and commits stay fine-grained whatever the file sizes.
     dataset = dataset.repartition(target_num_rows_per_block=block)
-    chunk_settings = ChunkSettings(config.model, config.chunking, settings_digest)
+    chunk_settings = ChunkSettings(config.model, config.chunking)
     dataset = dataset.map_batches(
         chunk_documents,
         batch_size=block,

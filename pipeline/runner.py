@@ -1,10 +1,17 @@
 """Run an index plan: validate, list, stream through Ray into the sink, print progress, write the run summary.
 
-Exit codes (see :data:`EXIT_CODES`): 0 ok, 1 the run failed, 2 the configuration or the target table does not
-fit (nothing was written).
+Jobs: ``index`` (a whole source; removes documents gone from it), ``backfill`` (a prefix, glob or list of
+URIs; never removes anything) and ``replay`` (the objects listed in the dead-letter table). All are
+incremental and resumable: a document whose fingerprint the table already holds costs no tokenizing and no
+forward pass, commits hold whole documents, and re-running after a crash (even ``kill -9``) neither loses
+nor duplicates rows.
 
-The run summary (``<runtime.summary_dir>/<run_id>/summary.json``, path printed) holds counts, time per phase,
-throughput and the redacted resolved config; it satisfies ``docs_in == docs_written + docs_skipped``.
+Exit codes (:data:`EXIT_CODES`): 0 ok; 1 the run failed; 2 the configuration, source or table does not fit
+(nothing written); 3 the failure budget was exceeded (what could be written was committed); 4 another job
+holds the table.
+
+The run summary (``<runtime.summary_dir>/<run_id>/summary.json``, path printed) satisfies
+``docs_in == docs_written + docs_skipped_unchanged + docs_dead_lettered``.
 """
 
 from __future__ import annotations
@@ -24,15 +31,18 @@ from typing import Any
 
 import pyarrow as pa
 
+from pipeline import schema
 from pipeline.config import JobConfig, redacted
+from pipeline.deadletters import DeadLetterLog
 from pipeline.fingerprint import embedding_settings, settings_digest
-from pipeline.model import describe_model
-from pipeline.plan import build_dataset, size_actor_pool
+from pipeline.lock import TableLock
+from pipeline.model import ModelIdentity, describe_model
+from pipeline.plan import ActorPlan, build_dataset, size_actor_pool
 from pipeline.sink import LanceSink
-from pipeline.sources import list_source_objects
+from pipeline.sources import SourceObject, list_source_objects
 from pipeline.stages import RunStats, split_skips
 
-EXIT_CODES = {"ok": 0, "failed": 1, "config": 2}
+EXIT_CODES = {"ok": 0, "failed": 1, "config": 2, "failure_budget_exceeded": 3, "locked": 4}
 SKIP_EXAMPLES = 20
 
 
@@ -41,98 +51,170 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-@dataclass
-class Progress:
-    """Counts what reached the driver and prints a line every ``every`` seconds."""
+def new_run_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
 
+
+@dataclass
+class Tally:
+    """What reached the driver: chunk and token counts, unchanged documents, dead letters by reason."""
+
+    job: str
     every: float
-    objects: int
     started: float = field(default_factory=time.monotonic)
     last_print: float = field(default_factory=time.monotonic)
     chunks: int = 0
-    docs_written: int = 0
-    skipped: Counter = field(default_factory=Counter)
-    skip_examples: list[dict[str, Any]] = field(default_factory=list)
     tokens: int = 0
-
-    def add_skips(self, rows: list[dict[str, Any]]) -> None:
-        for row in rows:
-            self.skipped[row["error"]] += 1
-            if len(self.skip_examples) < SKIP_EXAMPLES:
-                keep = ("doc_id", "source_uri", "error", "error_detail")
-                self.skip_examples.append({k: row.get(k) for k in keep})
+    unchanged: set[str] = field(default_factory=set)
+    dead_lettered: Counter = field(default_factory=Counter)
+    dead_doc_ids: set[str] = field(default_factory=set)
+    unreadable_objects: set[str] = field(default_factory=set)
+    examples: list[dict[str, Any]] = field(default_factory=list)
 
     def add_chunks(self, chunks: pa.Table) -> None:
         self.chunks += chunks.num_rows
-        starts, ends = chunks["token_start"].to_numpy(), chunks["token_end"].to_numpy()
-        self.tokens += int((ends - starts).sum())
+        self.tokens += int((chunks[schema.TOKEN_END].to_numpy() - chunks[schema.TOKEN_START].to_numpy()).sum())
+
+    def add_skips(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Count skip rows; return the dead letters among them (everything but ``unchanged``)."""
+        dead = []
+        for row in rows:
+            if row[schema.ERROR] == schema.UNCHANGED:
+                self.unchanged.add(row[schema.DOC_ID])
+                continue
+            dead.append(row)
+            self.dead_lettered[row[schema.ERROR]] += 1
+            if row.get(schema.DOC_ID):
+                self.dead_doc_ids.add(row[schema.DOC_ID])
+            if row[schema.ERROR] == "unreadable_source":
+                self.unreadable_objects.add(row[schema.SOURCE_URI])
+            if len(self.examples) < SKIP_EXAMPLES:
+                keep = (schema.DOC_ID, schema.SOURCE_URI, schema.ERROR, schema.ERROR_DETAIL, schema.SNIPPET)
+                self.examples.append({k: row.get(k) for k in keep})
+        return dead
 
     def maybe_print(self, docs_written: int, force: bool = False) -> None:
         now = time.monotonic()
         if force or now - self.last_print >= self.every:
             elapsed = now - self.started
             log(
-                f"index: {docs_written:,} docs written, {sum(self.skipped.values()):,} skipped, "
-                f"{self.chunks:,} chunks, {self.tokens:,} chunk tokens "
-                f"({self.tokens / max(elapsed, 1e-9):,.0f}/s), {elapsed:,.0f}s elapsed"
+                f"{self.job}: {docs_written:,} docs written, {len(self.unchanged):,} unchanged, "
+                f"{sum(self.dead_lettered.values()):,} dead-lettered, {self.chunks:,} chunks, "
+                f"{self.tokens:,} tokens ({self.tokens / max(elapsed, 1e-9):,.0f}/s), {elapsed:,.0f}s elapsed"
             )
             self.last_print = now
 
 
-def run_index(config: JobConfig, limit: int | None = None) -> dict[str, Any]:
-    """Index the source into the sink table; returns the run summary (also written to disk).
+@dataclass
+class RunContext:
+    """What a run is made of, gathered (and validated) before Ray starts."""
 
-    Raises :class:`pipeline.sources.SourceError` or :class:`pipeline.sink.TableMismatch` before any work
-    when the source or the table do not fit; other errors propagate after the summary is written.
-    """
-    started_at, started = datetime.now(timezone.utc), time.monotonic()
+    config: JobConfig
+    job: str
+    run_id: str
+    identity: ModelIdentity
+    settings: dict
+    objects: list[SourceObject]
+    limit: int | None
+
+
+def prepare(config: JobConfig, job: str, objects: list[SourceObject] | None, limit: int | None) -> RunContext:
+    """Describe the model, settle the settings and list the source. Raises ``SourceError`` on a bad source."""
     _, _, _, identity = describe_model(config.model, config.embedding.document_prefix)
     settings = embedding_settings(config.chunking, config.embedding, identity)
-    objects = list_source_objects(config.source)
-    sink = LanceSink(config.sink, identity, settings)
+    objects = list_source_objects(config.source) if objects is None else objects
+    return RunContext(config, job, new_run_id(), identity, settings, objects, limit)
+
+
+def run_index(
+    config: JobConfig, limit: int | None = None, job: str = "index", objects: list[SourceObject] | None = None
+) -> dict[str, Any]:
+    """Run ``job`` over the source (or the given ``objects``); returns the run summary (also written to disk).
+
+    Raises ``SourceError``, ``TableMismatch`` or ``TableLocked`` before any work when the source or the table
+    do not fit; other errors propagate after the summary is written.
+    """
+    context = prepare(config, job, objects, limit)
+    lock = TableLock(config.sink.uri, config.sink.table, context.run_id, config.sink.storage_options)
+    with lock:
+        dead_letters = DeadLetterLog(config.sink.uri, config.sink.table, context.run_id, config.sink.storage_options)
+
+        def on_commit() -> None:
+            dead_letters.flush()
+            lock.refresh()
+
+        sink = LanceSink(config.sink, context.identity, context.settings, on_commit=on_commit)
+        return _execute(context, sink, dead_letters)
+
+
+def _execute(context: RunContext, sink: LanceSink, dead_letters: DeadLetterLog) -> dict[str, Any]:
+    config, started_at, started = context.config, datetime.now(timezone.utc), time.monotonic()
+    known = sink.known_documents() if config.sink.mode == "upsert" else {}
     log(
-        f"index: {len(objects):,} {config.source.format} objects at {config.source.uri} -> "
-        f"{config.sink.uri}/{config.sink.table} with {identity.label} ({config.embedding.mode} mode)"
+        f"{context.job}: {len(context.objects):,} {config.source.format} objects at {config.source.uri} -> "
+        f"{config.sink.uri}/{config.sink.table} ({len(known):,} documents already there) with "
+        f"{context.identity.label} ({config.embedding.mode} mode)"
     )
     ray = _init_ray()
     cluster = ray.cluster_resources()
     actors = size_actor_pool(config.runtime, cluster.get("CPU", 1), cluster.get("GPU", 0))
     stats = ray.remote(num_cpus=0)(RunStats).remote()
-    dataset = build_dataset(config, objects, settings_digest(settings), actors, stats, limit)
-    progress = Progress(config.runtime.progress_seconds, len(objects))
-    status, error = "ok", None
+    known_ref = ray.put({doc: fingerprint for doc, (fingerprint, _) in known.items()})
+    dataset = build_dataset(
+        config, context.objects, settings_digest(context.settings), actors, stats, known_ref, context.limit
+    )
+    tally = Tally(context.job, config.runtime.progress_seconds)
+    outcome: dict[str, Any] = {"status": "failed", "error": None, "written": dict(sink.stats), "deleted": 0}
     try:
         for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
             chunks, skips = split_skips(batch)
-            progress.add_skips(skips.to_pylist())
-            progress.add_chunks(chunks)
-            progress.add_skips(sink.write(chunks))
-            progress.maybe_print(sink.stats["docs_written"])
-        written = sink.close()
+            tally.add_chunks(chunks)
+            dead_letters.add(tally.add_skips(skips.to_pylist()))
+            dead_letters.add(tally.add_skips(sink.write(chunks)))
+            tally.maybe_print(sink.stats["docs_written"])
+        outcome["written"] = sink.close()
+        outcome["deleted"] = _delete_missing(context, sink, known, tally)
+        if context.limit is None:
+            dead_letters.replace_for([obj.path for obj in context.objects])
+        dead_letters.flush()
+        outcome["status"] = _budget_status(config, tally, outcome["written"]["docs_written"])
     except BaseException as exc:
-        status, error, written = "failed", f"{type(exc).__name__}: {exc}", dict(sink.stats)
+        outcome["error"] = f"{type(exc).__name__}: {exc}"
         raise
     finally:
-        progress.maybe_print(sink.stats["docs_written"], force=True)
-        counters = _snapshot(ray, stats)
-        summary = _summary(
-            config,
-            identity,
-            settings,
-            actors,
-            progress,
-            written,
-            counters,
-            status,
-            error,
-            started_at,
-            time.monotonic() - started,
-            len(objects),
-            limit,
-        )
-        summary["summary_path"] = str(write_summary(config, summary))
-        log(f"index: {status}; run summary at {summary['summary_path']}")
+        tally.maybe_print(sink.stats["docs_written"], force=True)
+        summary = _summary(context, actors, tally, outcome, _snapshot(ray, stats), started_at, started)
+        summary["summary_path"] = str(write_summary(config, context.run_id, summary))
+        log(f"{context.job}: {summary['status']}; run summary at {summary['summary_path']}")
+    if config.maintain.after_run and summary["status"] != "failed":
+        from pipeline.maintain import maintain
+
+        summary["maintain"] = maintain(config)
     return summary
+
+
+def _delete_missing(context: RunContext, sink: LanceSink, known: dict, tally: Tally) -> int:
+    """Remove documents gone from the source: only for a complete ``index`` run, never for documents whose
+    object could not be read this time."""
+    config = context.config
+    if context.job != "index" or not config.sink.delete_missing or context.limit is not None:
+        return 0
+    present = sink.seen_docs | tally.unchanged | tally.dead_doc_ids
+    gone = [doc for doc, (_, uri) in known.items() if doc not in present and uri not in tally.unreadable_objects]
+    return sink.delete_documents(sorted(gone))
+
+
+def _budget_status(config: JobConfig, tally: Tally, docs_written: int) -> str:
+    dead = sum(tally.dead_lettered.values())
+    docs_in = docs_written + len(tally.unchanged) + dead
+    limit, fraction = config.runtime.max_dead_letters, config.runtime.max_dead_letter_fraction
+    if (limit is not None and dead > limit) or (fraction is not None and docs_in and dead / docs_in > fraction):
+        log(
+            f"{sum(tally.dead_lettered.values())} dead letters exceed the failure budget (runtime.max_dead_letters"
+            f"={limit}, runtime.max_dead_letter_fraction={fraction}); see `lateline deadletter list`"
+        )
+        return "failure_budget_exceeded"
+    return "ok"
 
 
 def _init_ray() -> Any:
@@ -159,18 +241,31 @@ def _snapshot(ray: Any, stats: Any) -> dict[str, float]:
 
 
 def _summary(
-    config, identity, settings, actors, progress, written, counters, status, error, started_at, wall, objects, limit
+    context: RunContext,
+    actors: ActorPlan,
+    tally: Tally,
+    outcome: dict[str, Any],
+    counters: dict[str, float],
+    started_at: datetime,
+    started: float,
 ) -> dict[str, Any]:
-    skipped = sum(progress.skipped.values())
+    config, written, wall = context.config, outcome["written"], time.monotonic() - started
+    dead = sum(tally.dead_lettered.values())
     docs_written = written.get("docs_written", 0)
     padded = counters.get("forward_padded_tokens", 0)
     return {
-        "job": "index",
-        "status": status,
-        "error": error,
+        "run_id": context.run_id,
+        "job": context.job,
+        "status": outcome["status"],
+        "error": outcome["error"],
         "started_at": started_at.isoformat(),
         "wall_s": round(wall, 3),
-        "source": {"uri": config.source.uri, "format": config.source.format, "objects": objects, "limit": limit},
+        "source": {
+            "uri": config.source.uri,
+            "format": config.source.format,
+            "objects": len(context.objects),
+            "limit": context.limit,
+        },
         "table": {
             "uri": config.sink.uri,
             "name": config.sink.table,
@@ -178,16 +273,18 @@ def _summary(
             "version": written.get("table_version"),
             "commits": written.get("commits", 0),
         },
-        "model": identity.to_json(),
-        "settings": settings,
+        "model": context.identity.to_json(),
+        "settings": context.settings,
         "actors": actors.__dict__,
         "counts": {
-            "docs_in": docs_written + skipped,
+            "docs_in": docs_written + len(tally.unchanged) + dead,
             "docs_read": int(counters.get("docs_in", 0)),
             "docs_written": docs_written,
-            "docs_skipped": skipped,
-            "skipped_by_reason": dict(progress.skipped),
-            "chunks_out": progress.chunks,
+            "docs_skipped_unchanged": len(tally.unchanged),
+            "docs_dead_lettered": dead,
+            "dead_lettered_by_reason": dict(tally.dead_lettered),
+            "docs_deleted": outcome["deleted"],
+            "chunks_out": tally.chunks,
             "rows_written": written.get("rows_written", 0),
             "document_tokens": int(counters.get("tokens", 0)),
             "forward_tokens": int(counters.get("forward_tokens", 0)),
@@ -203,20 +300,19 @@ def _summary(
         "throughput": {
             "tokens_per_s": round(counters.get("tokens", 0) / wall, 1) if wall else None,
             "docs_per_s": round(docs_written / wall, 2) if wall else None,
-            "chunks_per_s": round(progress.chunks / wall, 2) if wall else None,
+            "chunks_per_s": round(tally.chunks / wall, 2) if wall else None,
         },
         "padding_waste": round(1 - counters.get("forward_tokens", 0) / padded, 4) if padded else None,
-        "skipped_examples": progress.skip_examples,
+        "dead_letter_examples": tally.examples,
         "config": redacted(config),
     }
 
 
-def write_summary(config: JobConfig, summary: dict[str, Any]) -> Path:
-    """Write ``summary.json`` and the resolved, redacted ``config.json`` under a new run directory."""
-    run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+def write_summary(config: JobConfig, run_id: str, summary: dict[str, Any]) -> Path:
+    """Write ``summary.json`` and the resolved, redacted ``config.json`` under ``<summary_dir>/<run_id>/``."""
     directory = Path(config.runtime.summary_dir) / run_id
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "config.json").write_text(json.dumps(redacted(config), indent=2))
     path = directory / "summary.json"
-    path.write_text(json.dumps({"run_id": run_id, **summary}, indent=2, default=str))
+    path.write_text(json.dumps(summary, indent=2, default=str))
     return path

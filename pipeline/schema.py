@@ -15,7 +15,10 @@ TEXT = "text"
 SOURCE_URI = "source_uri"
 METADATA = "metadata"  # JSON object of the configured pass-through fields
 ERROR = "error"  # reason code of a record that is skipped; null for a good record
-ERROR_DETAIL = "error_detail"
+ERROR_DETAIL = "error_detail"  # where (file line / row) and what went wrong
+SNIPPET = "snippet"  # the start of the raw record, for dead letters
+DOC_FINGERPRINT = "doc_fingerprint"
+UNCHANGED = "unchanged"  # the ``error`` of a document whose fingerprint the table already holds (not a failure)
 
 DOCUMENTS = pa.schema(
     [
@@ -25,6 +28,8 @@ DOCUMENTS = pa.schema(
         pa.field(METADATA, pa.string()),
         pa.field(ERROR, pa.string()),
         pa.field(ERROR_DETAIL, pa.string()),
+        pa.field(SNIPPET, pa.string()),
+        pa.field(DOC_FINGERPRINT, pa.string()),
     ]
 )
 
@@ -34,7 +39,6 @@ CHAR_STARTS = "char_starts"
 CHAR_ENDS = "char_ends"
 TOKEN_STARTS = "token_starts"
 TOKEN_ENDS = "token_ends"
-DOC_FINGERPRINT = "doc_fingerprint"
 
 _int_list = pa.list_(pa.int32())
 CHUNKED_DOCUMENTS = pa.schema(
@@ -45,7 +49,6 @@ CHUNKED_DOCUMENTS = pa.schema(
         pa.field(CHAR_ENDS, _int_list),
         pa.field(TOKEN_STARTS, _int_list),
         pa.field(TOKEN_ENDS, _int_list),
-        pa.field(DOC_FINGERPRINT, pa.string()),
     ]
 )
 
@@ -88,7 +91,8 @@ def chunk_schema(dim: int) -> pa.Schema:
 def embedded_schema(dim: int) -> pa.Schema:
     """What the embedder emits: stored chunk columns plus the skip columns (rows of skipped documents carry
     ``error`` and a null vector; the sink counts them and never stores them)."""
-    return pa.schema([*list(chunk_schema(dim)), pa.field(ERROR, pa.string()), pa.field(ERROR_DETAIL, pa.string())])
+    skip_columns = [pa.field(name, pa.string()) for name in (ERROR, ERROR_DETAIL, SNIPPET)]
+    return pa.schema([*list(chunk_schema(dim)), *skip_columns])
 
 
 def chunk_id(doc_id: str, chunk_index: int) -> str:

@@ -20,13 +20,15 @@ import time
 from collections import defaultdict
 from typing import Any
 
+import lancedb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-import lancedb
 from pipeline import schema
 from pipeline.config import SinkConfig
 from pipeline.model import ModelIdentity
+
+DELETE_BATCH = 500
 
 
 class TableMismatch(RuntimeError):
@@ -66,30 +68,37 @@ def check_compatible(table_name: str, stored: dict[str, Any] | None, identity: M
         )
 
 
+def connect(uri: str, storage_options: dict[str, Any] | None = None) -> Any:
+    """A LanceDB connection (local path or object-store URI)."""
+    return lancedb.connect(uri, storage_options=storage_options or None)
+
+
 def open_table(uri: str, name: str, storage_options: dict[str, Any] | None = None) -> Any:
     """Open an existing table; ``None`` when it does not exist."""
-    db = lancedb.connect(uri, storage_options=storage_options or None)
-    return db.open_table(name) if name in _table_names(db) else None
+    db = connect(uri, storage_options)
+    return db.open_table(name) if name in table_names(db) else None
 
 
-def _table_names(db: Any) -> list[str]:
+def table_names(db: Any) -> list[str]:
     listing = db.list_tables() if hasattr(db, "list_tables") else db.table_names()
     return list(getattr(listing, "tables", listing))
 
 
-def _sql_list(values: list[str]) -> str:
+def sql_list(values: list[str]) -> str:
+    """A SQL ``IN`` list of string literals."""
     return ", ".join("'" + value.replace("'", "''") + "'" for value in values)
 
 
 class LanceSink:
     """Writes :class:`~pipeline.stages.EmbedChunks` output (skip rows removed) to one LanceDB table."""
 
-    def __init__(self, config: SinkConfig, identity: ModelIdentity, settings: dict) -> None:
+    def __init__(self, config: SinkConfig, identity: ModelIdentity, settings: dict, on_commit: Any = None) -> None:
         self.config = config
+        self.on_commit = on_commit  # called after every commit (dead letters, lock heartbeat)
         self.schema = schema.chunk_schema(identity.dim).with_metadata(
             {schema.TABLE_METADATA_KEY: json.dumps(table_record(identity, settings))}
         )
-        self.db = lancedb.connect(config.uri, storage_options=config.storage_options or None)
+        self.db = connect(config.uri, config.storage_options)
         self.table = self._open(identity, settings)
         self.created_here = self.table is None
         self.partial: dict[str, list[pa.Table]] = defaultdict(list)
@@ -100,7 +109,7 @@ class LanceSink:
         self.stats = {"rows_written": 0, "docs_written": 0, "commits": 0, "write_s": 0.0}
 
     def _open(self, identity: ModelIdentity, settings: dict) -> Any:
-        exists = self.config.table in _table_names(self.db)
+        exists = self.config.table in table_names(self.db)
         if exists and self.config.mode == "overwrite":
             self.db.drop_table(self.config.table)
             return None
@@ -109,6 +118,32 @@ class LanceSink:
         table = self.db.open_table(self.config.table)
         check_compatible(self.config.table, read_table_record(table), identity, settings)
         return table
+
+    def known_documents(self) -> dict[str, tuple[str, str]]:
+        """``doc_id -> (doc_fingerprint, source_uri)`` of every document the table holds (empty when new)."""
+        if self.table is None or self.table.count_rows() == 0:
+            return {}
+        rows = (
+            self.table.search()
+            .where(f"{schema.CHUNK_INDEX} = 0")
+            .select([schema.DOC_ID, schema.DOC_FINGERPRINT, schema.SOURCE_URI])
+            .limit(self.table.count_rows())
+            .to_arrow()
+        )
+        return dict(
+            zip(
+                rows[schema.DOC_ID].to_pylist(),
+                zip(rows[schema.DOC_FINGERPRINT].to_pylist(), rows[schema.SOURCE_URI].to_pylist()),
+            )
+        )
+
+    def delete_documents(self, doc_ids: list[str]) -> int:
+        """Remove every chunk of ``doc_ids`` (one commit per ``DELETE_BATCH`` documents); returns the count."""
+        if self.table is None:
+            return 0
+        for start in range(0, len(doc_ids), DELETE_BATCH):
+            self.table.delete(f"{schema.DOC_ID} IN ({sql_list(doc_ids[start : start + DELETE_BATCH])})")
+        return len(doc_ids)
 
     def write(self, chunks: pa.Table) -> list[dict[str, Any]]:
         """Queue chunk rows; commit when a bound is reached. Returns rows of duplicate documents dropped."""
@@ -194,7 +229,7 @@ class LanceSink:
                 self.table.merge_insert(schema.CHUNK_ID)
                 .when_matched_update_all()
                 .when_not_matched_insert_all()
-                .when_not_matched_by_source_delete(f"{schema.DOC_ID} IN ({_sql_list(docs)})")
+                .when_not_matched_by_source_delete(f"{schema.DOC_ID} IN ({sql_list(docs)})")
                 .execute(data)
             )
         self.stats["rows_written"] += data.num_rows
@@ -202,6 +237,8 @@ class LanceSink:
         self.stats["commits"] += 1
         self.stats["write_s"] += time.perf_counter() - started
         self.ready, self.ready_rows, self.last_commit = [], 0, time.monotonic()
+        if self.on_commit is not None:
+            self.on_commit()
 
     def close(self) -> dict[str, Any]:
         """Commit what is left; return write counters with the table's row count and version.

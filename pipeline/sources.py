@@ -13,8 +13,8 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
-from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import fsspec
@@ -24,6 +24,7 @@ from fsspec.core import url_to_fs
 
 from pipeline import schema
 from pipeline.config import SourceConfig
+from pipeline.fingerprint import document_fingerprint
 
 _GLOB_CHARS = ("*", "?", "[")
 SNIPPET_CHARS = 200
@@ -59,11 +60,45 @@ def list_source_objects(source: SourceConfig) -> list[SourceObject]:
     ]
 
 
+def list_uris(source: SourceConfig, uris: list[str], missing_ok: bool = False) -> list[SourceObject]:
+    """Objects of several URIs (files, prefixes, globs) read as ``source`` says. Text-file ids stay relative to
+    ``source.uri``'s root when an object lies under it, so a backfill names documents as ``index`` does.
+    URIs that match nothing raise :class:`SourceError`, or are left out with ``missing_ok``."""
+    base = _source_root(source)
+    found: dict[str, SourceObject] = {}
+    for uri in uris:
+        try:
+            listed = list_source_objects(source.model_copy(update={"uri": uri}))
+        except SourceError:
+            if missing_ok:
+                continue
+            raise
+        for obj in listed:
+            under_base = base is not None and obj.path.startswith(base.rstrip("/") + "/")
+            found[obj.path] = replace(obj, root=base) if under_base else obj
+    return [found[path] for path in sorted(found)]
+
+
+def _source_root(source: SourceConfig) -> str | None:
+    try:
+        fs, path = url_to_fs(source.uri, **source.storage_options)
+        return fs.unstrip_protocol(_root(fs, path))
+    except (OSError, ValueError, ImportError):
+        return None
+
+
+def _root(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """The folder that relative document ids are taken from: the non-glob head, the directory, or the parent."""
+    if any(ch in path for ch in _GLOB_CHARS):
+        return path.split("*")[0].split("?")[0].split("[")[0].rsplit("/", 1)[0]
+    return path if fs.isdir(path) else path.rsplit("/", 1)[0]
+
+
 def _list(fs: fsspec.AbstractFileSystem, path: str, include: tuple[str, ...]) -> tuple[dict[str, dict], str]:
     if any(ch in path for ch in _GLOB_CHARS):
-        root = path.split("*")[0].split("?")[0].split("[")[0].rsplit("/", 1)[0]
         found = fs.glob(path, detail=True)
-        return {name: info for name, info in found.items() if info.get("type") != "directory"}, root
+        files = {name: info for name, info in found.items() if info.get("type") != "directory"}
+        return {name: info for name, info in files.items() if not _hidden(name)}, _root(fs, path)
     if fs.isdir(path):
         found = fs.find(path, detail=True)
         return {name: info for name, info in found.items() if _included(name, include)}, path
@@ -72,9 +107,12 @@ def _list(fs: fsspec.AbstractFileSystem, path: str, include: tuple[str, ...]) ->
     raise FileNotFoundError(f"no such file or directory: {path}")
 
 
+def _hidden(name: str) -> bool:
+    return name.rsplit("/", 1)[-1].startswith(".")
+
+
 def _included(name: str, include: tuple[str, ...]) -> bool:
-    base = name.rsplit("/", 1)[-1]
-    return not base.startswith(".") and any(fnmatch.fnmatch(base, pattern) for pattern in include)
+    return not _hidden(name) and any(fnmatch.fnmatch(name.rsplit("/", 1)[-1], pattern) for pattern in include)
 
 
 def _version_tag(info: dict[str, Any]) -> str | None:
@@ -89,18 +127,37 @@ def objects_table(objects: Iterable[SourceObject]) -> list[dict[str, Any]]:
     return [asdict(obj) for obj in objects]
 
 
-def read_objects(objects: pa.Table, source: SourceConfig) -> Iterator[pa.Table]:
+def read_objects(
+    objects: pa.Table,
+    source: SourceConfig,
+    settings_digest: str = "",
+    known: Mapping[str, str] | None = None,
+) -> Iterator[pa.Table]:
     """Ray task body: read every object in ``objects`` (columns of :class:`SourceObject`) and yield document
-    tables of at most ``source.read_batch_docs`` rows."""
+    tables of at most ``source.read_batch_docs`` rows.
+
+    Each good document gets its fingerprint; one whose fingerprint equals ``known[doc_id]`` (the table already
+    holds it) is emitted as an ``unchanged`` row without its text, so it costs no tokenizing and no forward.
+    """
     for row in objects.to_pylist():
         rows: list[dict[str, Any]] = []
         for doc in read_object(row["path"], row["root"], source):
-            rows.append(doc)
+            rows.append(fingerprinted(doc, settings_digest, known or {}))
             if len(rows) >= source.read_batch_docs:
                 yield pa.Table.from_pylist(rows, schema=schema.DOCUMENTS)
                 rows = []
         if rows:
             yield pa.Table.from_pylist(rows, schema=schema.DOCUMENTS)
+
+
+def fingerprinted(doc: dict[str, Any], settings_digest: str, known: Mapping[str, str]) -> dict[str, Any]:
+    """``doc`` with its fingerprint; turned into an ``unchanged`` marker when ``known`` has that fingerprint."""
+    if doc[schema.ERROR] is not None:
+        return doc
+    fingerprint = document_fingerprint(content_hash(doc[schema.TEXT], doc[schema.METADATA]), settings_digest)
+    if known.get(doc[schema.DOC_ID]) == fingerprint:
+        return {**doc, schema.TEXT: None, schema.ERROR: schema.UNCHANGED, schema.DOC_FINGERPRINT: fingerprint}
+    return {**doc, schema.DOC_FINGERPRINT: fingerprint}
 
 
 def read_object(path: str, root: str, source: SourceConfig) -> Iterator[dict[str, Any]]:
@@ -150,9 +207,13 @@ def _parquet_records(fs: Any, local: str, uri: str, source: SourceConfig) -> Ite
 
 
 def _text_record(fs: Any, local: str, uri: str, root: str, source: SourceConfig) -> dict[str, Any]:
+    byte_limit = source.max_doc_chars * 4  # UTF-8 needs at most 4 bytes a character
     with fs.open(local, "rb", compression="infer") as handle:
-        raw = handle.read(source.max_doc_chars * 4 + 1)
+        raw = handle.read(byte_limit + 1)
     doc_id = relative_id(uri, root)
+    if len(raw) > byte_limit:
+        detail = f"file: more than {byte_limit} bytes, so over source.max_doc_chars {source.max_doc_chars} chars"
+        return skipped(uri, "too_large", detail, raw[:SNIPPET_CHARS], doc_id)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -197,21 +258,24 @@ def record_to_document(
         schema.METADATA: json.dumps(metadata, default=str, ensure_ascii=False),
         schema.ERROR: None,
         schema.ERROR_DETAIL: None,
+        schema.SNIPPET: None,
+        schema.DOC_FINGERPRINT: None,
     }
 
 
 def skipped(uri: str, reason: str, detail: str, raw: bytes | str = b"", doc_id: str | None = None) -> dict[str, Any]:
-    """A row for a record that cannot be indexed: ``error`` is the reason code, the detail ends with a raw
-    snippet of the record."""
+    """A row for a record that cannot be indexed: ``error`` is the reason code, ``error_detail`` says where and
+    what, ``snippet`` holds the start of the raw record."""
     snippet = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-    snippet = snippet.strip()[:SNIPPET_CHARS]
     return {
         schema.DOC_ID: doc_id,
         schema.TEXT: None,
         schema.SOURCE_URI: uri,
         schema.METADATA: None,
         schema.ERROR: reason,
-        schema.ERROR_DETAIL: f"{detail} | {snippet}" if snippet else detail,
+        schema.ERROR_DETAIL: detail,
+        schema.SNIPPET: snippet.strip()[:SNIPPET_CHARS] or None,
+        schema.DOC_FINGERPRINT: None,
     }
 
 

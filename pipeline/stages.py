@@ -25,9 +25,8 @@ import pyarrow.compute as pc
 from pipeline import schema
 from pipeline.chunking import chunk_spans
 from pipeline.config import BatchingConfig, ChunkingConfig, EmbeddingConfig, ModelConfig, SourceConfig
-from pipeline.fingerprint import document_fingerprint
 from pipeline.model import load_model, load_tokenizer, raw_tokenizer, resolve_model_path
-from pipeline.sources import content_hash, read_objects
+from pipeline.sources import read_objects
 
 
 class RunStats:
@@ -54,23 +53,41 @@ def report(stats: Any, counters: dict[str, float]) -> None:
         stats.add(counters)
 
 
-def read_documents(objects: pa.Table, source: SourceConfig, stats: Any = None) -> Iterator[pa.Table]:
-    """Read source objects into document tables (see :func:`pipeline.sources.read_objects`)."""
+def read_documents(
+    objects: pa.Table, source: SourceConfig, settings_digest: str = "", known: Any = None, stats: Any = None
+) -> Iterator[pa.Table]:
+    """Read source objects into document tables (see :func:`pipeline.sources.read_objects`). ``known`` maps
+    doc id -> fingerprint of what the table holds (or is a Ray object ref to such a dict)."""
     started = time.perf_counter()
-    for table in read_objects(objects, source):
+    for table in read_objects(objects, source, settings_digest, _resolve_known(known)):
         report(stats, {"docs_in": table.num_rows, "read_s": time.perf_counter() - started})
         yield table
         started = time.perf_counter()
     report(stats, {"objects_read": objects.num_rows})
 
 
+_KNOWN_CACHE: dict[str, Any] = {}
+
+
+def _resolve_known(known: Any) -> Any:
+    """Fetch a known-fingerprints dict from the object store once per worker process."""
+    if known is None or isinstance(known, dict):
+        return known
+    key = known.hex()
+    if key not in _KNOWN_CACHE:
+        import ray
+
+        _KNOWN_CACHE.clear()
+        _KNOWN_CACHE[key] = ray.get(known)
+    return _KNOWN_CACHE[key]
+
+
 @dataclass(frozen=True)
 class ChunkSettings:
-    """What the chunk stage needs: the tokenizer's model, the chunker and the settings digest."""
+    """What the chunk stage needs: the tokenizer's model and the chunker."""
 
     model: ModelConfig
     chunking: ChunkingConfig
-    settings_digest: str
 
 
 @lru_cache(maxsize=4)
@@ -80,8 +97,8 @@ def _document_tokenizer(model: ModelConfig) -> Any:
 
 
 def chunk_documents(batch: pa.Table, settings: ChunkSettings, stats: Any = None) -> pa.Table:
-    """Tokenize each good document (no special tokens, char offsets) and attach its chunk spans and
-    fingerprint. A document without tokens becomes a ``no_tokens`` skip."""
+    """Tokenize each good document (no special tokens, char offsets) and attach its chunk spans. A document
+    without tokens becomes a ``no_tokens`` skip."""
     schema.require_columns(batch, schema.DOCUMENTS, "chunk_documents")
     started = time.perf_counter()
     rows = batch.to_pylist()
@@ -98,11 +115,7 @@ def chunk_documents(batch: pa.Table, settings: ChunkSettings, stats: Any = None)
             continue
         tokens += len(encoding.ids)
         _attach_chunks(row, encoding.ids, spans)
-        row[schema.DOC_FINGERPRINT] = document_fingerprint(
-            content_hash(row[schema.TEXT], row[schema.METADATA]), settings.settings_digest
-        )
     for row in rows:
-        row.setdefault(schema.DOC_FINGERPRINT, None)
         for column in (schema.INPUT_IDS, schema.CHAR_STARTS, schema.CHAR_ENDS, schema.TOKEN_STARTS, schema.TOKEN_ENDS):
             row.setdefault(column, [])
     report(stats, {"tokens": tokens, "chunk_s": time.perf_counter() - started})
@@ -210,8 +223,10 @@ class EmbedChunks:
             schema.CHUNK_INDEX: -1,
             schema.CHUNK_COUNT: 0,
             schema.SOURCE_URI: row[schema.SOURCE_URI],
+            schema.DOC_FINGERPRINT: row[schema.DOC_FINGERPRINT],
             schema.ERROR: row[schema.ERROR],
             schema.ERROR_DETAIL: row[schema.ERROR_DETAIL],
+            schema.SNIPPET: row[schema.SNIPPET],
         }
 
     def _table(self, chunk_rows: list[dict], vectors: np.ndarray, skip_rows: list[dict]) -> pa.Table:
@@ -233,5 +248,5 @@ def _doc_input(row: dict[str, Any]) -> tuple[list[int], list[tuple[int, int]]]:
 def split_skips(table: pa.Table) -> tuple[pa.Table, pa.Table]:
     """``(chunk rows in the stored schema, skipped-document rows)`` of an :class:`EmbedChunks` output."""
     is_skip = pc.is_valid(table[schema.ERROR])
-    chunks = table.filter(pc.invert(is_skip)).drop_columns([schema.ERROR, schema.ERROR_DETAIL])
+    chunks = table.filter(pc.invert(is_skip)).drop_columns([schema.ERROR, schema.ERROR_DETAIL, schema.SNIPPET])
     return chunks, table.filter(is_skip)

@@ -83,8 +83,8 @@ def test_every_good_document_is_indexed_and_every_bad_one_reported(indexed: dict
     table, summary = _table(indexed["config"]), indexed["summary"]
     assert set(table[schema.DOC_ID].to_pylist()) == set(DOC_IDS)
     counts = summary["counts"]
-    assert counts["docs_in"] == counts["docs_written"] + counts["docs_skipped"] == len(DOC_IDS) + len(BAD_LINES)
-    assert counts["skipped_by_reason"] == {
+    assert counts["docs_in"] == counts["docs_written"] + counts["docs_dead_lettered"] == len(DOC_IDS) + len(BAD_LINES)
+    assert counts["dead_lettered_by_reason"] == {
         "invalid_json": 1,
         "missing_text": 1,
         "empty_text": 1,
@@ -92,7 +92,7 @@ def test_every_good_document_is_indexed_and_every_bad_one_reported(indexed: dict
         "missing_id": 1,
         "invalid_utf8": 1,
     }
-    assert all("line" in example["error_detail"] for example in summary["skipped_examples"])
+    assert all(example["error_detail"].startswith("line ") for example in summary["dead_letter_examples"])
     assert summary["table"]["rows"] == table.num_rows == counts["chunks_out"]
     assert summary["table"]["commits"] > 1, "commits must be bounded (commit_rows=50)"
 
@@ -163,6 +163,10 @@ def test_rerun_is_idempotent(indexed: dict, tmp_path: Path) -> None:
     before = _table(config).sort_by(schema.CHUNK_ID)
     assert index_job.main(["--config", str(indexed["config_path"])]) == 0
     after = _table(config).sort_by(schema.CHUNK_ID)
+    latest = max(Path(config.runtime.summary_dir).glob("*/summary.json"))
+    counts = json.loads(latest.read_text())["counts"]
+    assert counts["docs_skipped_unchanged"] == len(DOC_IDS) and counts["forward_passes"] == 0
+    assert counts["docs_written"] == 0 and counts["docs_deleted"] == 0
     assert after.num_rows == before.num_rows
     assert after[schema.CHUNK_ID].to_pylist() == before[schema.CHUNK_ID].to_pylist()
     np.testing.assert_allclose(
@@ -209,7 +213,7 @@ def test_parquet_source(s3fs_client, ray_session, tmp_path: Path) -> None:
     assert set(table[schema.DOC_ID].to_pylist()) == {"p-lambda", "p-assert"}
     assert {json.loads(m)["title"] for m in table[schema.METADATA].to_pylist()} == {"Lambdas", "Assert"}
     [summary] = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*/summary.json")]
-    assert summary["counts"]["skipped_by_reason"] == {"empty_text": 1}
+    assert summary["counts"]["dead_lettered_by_reason"] == {"empty_text": 1}
 
 
 def test_markdown_files_with_paragraph_chunks(s3fs_client, ray_session, tmp_path: Path) -> None:

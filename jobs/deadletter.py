@@ -1,0 +1,56 @@
+"""``lateline deadletter list|replay``: see what could not be indexed, and index it again after a fix."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from jobs.common import config_arguments, fail, load_or_exit, run_writing_job
+from pipeline.deadletters import read_dead_letters
+from pipeline.runner import EXIT_CODES, run_index
+from pipeline.sources import list_uris
+
+SNIPPET_CHARS = 80
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lateline deadletter", description=__doc__)
+    p.add_argument("action", choices=["list", "replay"])
+    config_arguments(p)
+    p.add_argument("--json", action="store_true", help="list: one JSON object per line")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    config = load_or_exit(args)
+    if isinstance(config, int):
+        return config
+    letters = read_dead_letters(config.sink.uri, config.sink.table, config.sink.storage_options)
+    if args.action == "list":
+        return _list(letters.to_pylist(), args.json)
+    sources = sorted({row["source_uri"] for row in letters.to_pylist() if row["source_uri"]})
+    if not sources:
+        print("no dead letters to replay", file=sys.stderr)
+        return EXIT_CODES["ok"]
+    try:
+        objects = list_uris(config.source, sources, missing_ok=True)
+    except ValueError as exc:
+        return fail(str(exc), "config")
+    return run_writing_job("replay", lambda: run_index(config, job="replay", objects=objects))
+
+
+def _list(rows: list[dict], as_json: bool) -> int:
+    for row in rows:
+        if as_json:
+            print(json.dumps(row, default=str))
+        else:
+            snippet = " ".join((row["snippet"] or "").split())[:SNIPPET_CHARS]
+            print(f"{row['reason']:<18} {row['source_uri']}  {row['doc_id'] or '-'}  {row['detail']}  | {snippet}")
+    print(f"{len(rows)} dead letters", file=sys.stderr)
+    return EXIT_CODES["ok"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

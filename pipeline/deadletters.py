@@ -1,0 +1,93 @@
+"""Dead letters: records that could not be indexed, kept in the LanceDB table ``<table>__deadletter``.
+
+One row per failed record: ``run_id``, ``recorded_at`` (UTC), ``source_uri``, ``doc_id`` (when known),
+``reason`` (a code such as ``invalid_json``), ``detail`` (where: ``line 12: ...``; what went wrong) and
+``snippet`` (the start of the raw record). A run replaces the entries of every object it read, so the table
+always shows what is broken *now*; ``lateline deadletter replay`` re-reads the objects listed there.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+import pyarrow as pa
+
+from pipeline import schema
+from pipeline.sink import connect, sql_list, table_names
+
+SUFFIX = "__deadletter"
+DELETE_BATCH = 500
+
+DEAD_LETTERS = pa.schema(
+    [
+        pa.field("run_id", pa.string()),
+        pa.field("recorded_at", pa.timestamp("us", tz="UTC")),
+        pa.field(schema.SOURCE_URI, pa.string()),
+        pa.field(schema.DOC_ID, pa.string()),
+        pa.field("reason", pa.string()),
+        pa.field("detail", pa.string()),
+        pa.field("snippet", pa.string()),
+    ]
+)
+
+
+def dead_letter_table_name(table: str) -> str:
+    return f"{table}{SUFFIX}"
+
+
+class DeadLetterLog:
+    """Buffers dead letters of one run and writes them to the dead-letter table."""
+
+    def __init__(self, uri: str, table: str, run_id: str, storage_options: dict[str, Any] | None = None) -> None:
+        self.db = connect(uri, storage_options)
+        self.name = dead_letter_table_name(table)
+        self.run_id = run_id
+        self.pending: list[dict[str, Any]] = []
+        self.written = 0
+
+    def add(self, rows: list[dict[str, Any]]) -> None:
+        """Queue skip rows (``error``, ``error_detail``, ``snippet``, ``source_uri``, ``doc_id``)."""
+        now = datetime.now(timezone.utc)
+        self.pending.extend(
+            {
+                "run_id": self.run_id,
+                "recorded_at": now,
+                schema.SOURCE_URI: row.get(schema.SOURCE_URI),
+                schema.DOC_ID: row.get(schema.DOC_ID) or None,
+                "reason": row.get(schema.ERROR),
+                "detail": row.get(schema.ERROR_DETAIL),
+                "snippet": row.get(schema.SNIPPET),
+            }
+            for row in rows
+        )
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        data = pa.Table.from_pylist(self.pending, schema=DEAD_LETTERS)
+        if self.name in table_names(self.db):
+            self.db.open_table(self.name).add(data)
+        else:
+            self.db.create_table(self.name, data=data, schema=DEAD_LETTERS)
+        self.written += data.num_rows
+        self.pending = []
+
+    def replace_for(self, source_uris: list[str]) -> None:
+        """Flush, then drop entries of earlier runs for the objects this run read."""
+        self.flush()
+        if self.name not in table_names(self.db) or not source_uris:
+            return
+        table = self.db.open_table(self.name)
+        for start in range(0, len(source_uris), DELETE_BATCH):
+            batch = sql_list(source_uris[start : start + DELETE_BATCH])
+            table.delete(f"run_id != '{self.run_id}' AND {schema.SOURCE_URI} IN ({batch})")
+
+
+def read_dead_letters(uri: str, table: str, storage_options: dict[str, Any] | None = None) -> pa.Table:
+    """All dead letters of ``table`` (an empty table when there are none)."""
+    db = connect(uri, storage_options)
+    name = dead_letter_table_name(table)
+    if name not in table_names(db):
+        return DEAD_LETTERS.empty_table()
+    return db.open_table(name).to_arrow()

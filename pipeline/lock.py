@@ -1,0 +1,102 @@
+"""One writer per table: a lock object next to the table, so two jobs never write the same table at once.
+
+The lock is a small JSON file ``<sink.uri>/<table>.lateline-lock`` holding the run id, host, pid and start time.
+The holder refreshes a heartbeat in it at every commit. A second job finds it and refuses with a message naming
+the holder. A lock left by a killed job is taken over: at once on the same host (its pid is gone), from another
+host once its heartbeat is older than ``STALE_AFTER``. On object stores without exclusive create, the check is
+best-effort (read-then-write).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from fsspec.core import url_to_fs
+
+STALE_AFTER = timedelta(minutes=30)
+
+
+class TableLocked(RuntimeError):
+    """Another live job holds the table's lock."""
+
+
+class TableLock:
+    def __init__(self, uri: str, table: str, run_id: str, storage_options: dict[str, Any] | None = None) -> None:
+        self.fs, root = url_to_fs(uri, **(storage_options or {}))
+        self.path = f"{root.rstrip('/')}/{table}.lateline-lock"
+        self.display = f"{uri.rstrip('/')}/{table}.lateline-lock"
+        self.owner = {
+            "run_id": run_id,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "since": datetime.now(timezone.utc).isoformat(),
+            "heartbeat": datetime.now(timezone.utc).isoformat(),
+        }
+        self.held = False
+
+    def acquire(self) -> None:
+        """Take the lock or raise :class:`TableLocked` naming the live holder."""
+        self.fs.makedirs(self.path.rsplit("/", 1)[0], exist_ok=True)
+        if self.fs.exists(self.path):
+            holder = self._holder()
+            if holder is not None and _alive(holder):
+                raise TableLocked(
+                    f"table is being written by run {holder.get('run_id')} (pid {holder.get('pid')} on "
+                    f"{holder.get('host')} since {holder.get('since')}); wait for it to finish, or delete "
+                    f"{self.display} if that job is dead"
+                )
+            self.fs.rm(self.path)
+        try:
+            with self.fs.open(self.path, "xb") as handle:
+                handle.write(json.dumps(self.owner).encode())
+        except FileExistsError:
+            raise TableLocked(f"another job took the lock {self.display} just now") from None
+        except (ValueError, NotImplementedError):  # no exclusive create on this filesystem
+            self.fs.pipe(self.path, json.dumps(self.owner).encode())
+        self.held = True
+
+    def refresh(self) -> None:
+        """Renew the heartbeat (called at every commit)."""
+        if self.held:
+            self.owner["heartbeat"] = datetime.now(timezone.utc).isoformat()
+            self.fs.pipe(self.path, json.dumps(self.owner).encode())
+
+    def release(self) -> None:
+        holder = self._holder() if self.held and self.fs.exists(self.path) else None
+        if holder is not None and holder.get("run_id") == self.owner["run_id"]:
+            self.fs.rm(self.path)
+        self.held = False
+
+    def _holder(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.fs.cat(self.path))
+        except (OSError, ValueError):
+            return None
+
+    def __enter__(self) -> TableLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _alive(holder: dict[str, Any]) -> bool:
+    """A holder on this host is alive while its pid exists; one on another host while its heartbeat is fresh."""
+    if holder.get("host") != socket.gethostname():
+        try:
+            beat = datetime.fromisoformat(holder["heartbeat"])
+        except (KeyError, TypeError, ValueError):
+            return True
+        return datetime.now(timezone.utc) - beat < STALE_AFTER
+    try:
+        os.kill(int(holder.get("pid", -1)), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError, TypeError):
+        return True
+    return True

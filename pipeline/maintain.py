@@ -1,0 +1,68 @@
+"""Table upkeep: compaction, old-version cleanup and indexes, so a table stays fast after many runs.
+
+- compaction merges small fragments (each commit adds one); cleanup removes versions older than
+  ``maintain.retain_versions_hours`` (0 keeps only the latest);
+- a BTREE scalar index on ``chunk_id`` makes upsert commits (``merge_insert``) cheap on big tables;
+- the ANN index on ``vector`` (cosine; ``ivf_pq`` or ``hnsw``) is built once the table has
+  ``maintain.ann_min_rows`` rows (before that a flat search is exact and fast); a full-text index on ``text``.
+Safe to run while nothing writes the table; it takes the table lock like the writing jobs.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from pipeline import schema
+from pipeline.config import JobConfig
+from pipeline.lock import TableLock
+from pipeline.runner import new_run_id
+from pipeline.sink import open_table
+
+ANN_INDEX_TYPES = {"ivf_pq": "IVF_PQ", "hnsw": "IVF_HNSW_SQ"}
+
+
+class NothingToMaintain(RuntimeError):
+    """The table does not exist."""
+
+
+def table_shape(table: Any) -> dict[str, Any]:
+    """Rows, versions, fragments and indexes of a table."""
+    stats = table.stats()
+    fragments = stats["fragment_stats"] if isinstance(stats, dict) else stats.fragment_stats
+    return {
+        "rows": table.count_rows(),
+        "versions": len(table.list_versions()),
+        "fragments": fragments["num_fragments"] if isinstance(fragments, dict) else fragments.num_fragments,
+        "indexes": sorted(index.name for index in table.list_indices()),
+    }
+
+
+def maintain(config: JobConfig) -> dict[str, Any]:
+    """Compact, clean up and (re)build indexes per ``config.maintain``; returns the table's shape before/after."""
+    sink, settings = config.sink, config.maintain
+    table = open_table(sink.uri, sink.table, sink.storage_options)
+    if table is None:
+        raise NothingToMaintain(f"sink.table: no table {sink.table!r} at {sink.uri!r}; run `lateline index` first")
+    with TableLock(sink.uri, sink.table, new_run_id(), sink.storage_options):
+        before = table_shape(table)
+        actions = []
+        if settings.compact:
+            table.optimize(cleanup_older_than=timedelta(hours=settings.retain_versions_hours))
+            actions.append("compacted")
+        table.create_scalar_index(schema.CHUNK_ID, replace=True)
+        actions.append("chunk_id index")
+        if settings.ann_index != "none" and before["rows"] >= settings.ann_min_rows:
+            table.create_index(
+                metric="cosine",
+                vector_column_name=schema.VECTOR,
+                replace=True,
+                index_type=ANN_INDEX_TYPES[settings.ann_index],
+            )
+            actions.append(f"{settings.ann_index} vector index")
+        if settings.fts:
+            table.create_fts_index(schema.TEXT, replace=True)
+            actions.append("text full-text index")
+        if settings.compact:  # drop the versions the index builds just made, within the retention rule
+            table.cleanup_old_versions(older_than=timedelta(hours=settings.retain_versions_hours))
+        return {"table": sink.table, "actions": actions, "before": before, "after": table_shape(table)}

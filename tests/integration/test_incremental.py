@@ -1,0 +1,206 @@
+"""Incremental, resumable, idempotent jobs with real Ray and LanceDB (local files as the source)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from pydoc_data.topics import topics
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import yaml
+
+from jobs import deadletter as deadletter_job
+from jobs import index as index_job
+from jobs import maintain as maintain_job
+from pipeline import schema
+from pipeline.deadletters import read_dead_letters
+from pipeline.lock import TableLock
+
+pytestmark = pytest.mark.integration
+
+DOCS = ["lambda", "assert", "pass", "del", "global", "return"]
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _write_corpus(folder: Path, docs: dict[str, str], extra_lines: list[str] = ()) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = [json.dumps({"id": doc_id, "text": text}) for doc_id, text in docs.items()]
+    (folder / "docs.jsonl").write_text("\n".join([*lines, *extra_lines]) + "\n")
+
+
+def _config(tmp_path: Path, source: str, commit_rows: int = 20, **runtime: object) -> Path:
+    config = {
+        "source": {"uri": source, "format": "jsonl"},
+        "chunking": {"strategy": "tokens", "size": 64, "overlap": 8},
+        "model": {"dtype": "float32"},
+        "batching": {"docs_per_block": 2},
+        "sink": {"uri": str(tmp_path / "db"), "commit_rows": commit_rows},
+        "runtime": {"summary_dir": str(tmp_path / "runs"), **runtime},
+    }
+    path = tmp_path / f"job-{len(list(tmp_path.glob('job-*.yaml')))}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _last_summary(tmp_path: Path) -> dict:
+    return json.loads(max((tmp_path / "runs").glob("*/summary.json")).read_text())
+
+
+def _rows(tmp_path: Path, table: str = "chunks") -> pa.Table:
+    import lancedb
+
+    return lancedb.connect(str(tmp_path / "db")).open_table(table).to_arrow().sort_by(schema.CHUNK_ID)
+
+
+def test_unchanged_costs_nothing_edit_reembeds_one_delete_removes_one(ray_session, tmp_path: Path) -> None:
+    corpus = {doc: topics[doc] for doc in DOCS}
+    _write_corpus(tmp_path / "src", corpus)
+    config = str(_config(tmp_path, str(tmp_path / "src")))
+    assert index_job.main(["--config", config]) == 0
+    first = _rows(tmp_path)
+
+    assert index_job.main(["--config", config]) == 0
+    counts = _last_summary(tmp_path)["counts"]
+    assert (counts["docs_skipped_unchanged"], counts["forward_passes"], counts["document_tokens"]) == (6, 0, 0)
+    assert _rows(tmp_path).equals(first)
+
+    corpus["assert"] = topics["assert"] + "\n\nAn added closing sentence changes this document."
+    del corpus["pass"]
+    _write_corpus(tmp_path / "src", corpus)
+    assert index_job.main(["--config", config]) == 0
+    counts = _last_summary(tmp_path)["counts"]
+    assert (counts["docs_written"], counts["docs_skipped_unchanged"], counts["docs_deleted"]) == (1, 4, 1)
+    assert counts["forward_passes"] > 0
+    after = _rows(tmp_path)
+    assert set(after[schema.DOC_ID].to_pylist()) == set(corpus)
+    assert len(set(after[schema.CHUNK_ID].to_pylist())) == after.num_rows
+    edited = [r for r in after.to_pylist() if r[schema.DOC_ID] == "assert"]
+    assert "".join(r[schema.TEXT] for r in edited if r[schema.CHUNK_INDEX] == len(edited) - 1).endswith("document.")
+    untouched = first.filter(pa.compute.equal(first[schema.DOC_ID], "lambda"))
+    assert after.filter(pa.compute.equal(after[schema.DOC_ID], "lambda")).equals(untouched)
+
+
+def test_dead_letters_are_stored_listed_and_replayed(ray_session, tmp_path: Path, capsys) -> None:
+    good = {doc: topics[doc] for doc in DOCS[:3]}
+    bad = ['{"id": "broken", "text": "oops', '{"id": "fixme", "title": "no text yet"}']
+    _write_corpus(tmp_path / "src", good, bad)
+    config = str(_config(tmp_path, str(tmp_path / "src"), max_dead_letters=1))
+    assert index_job.main(["--config", config]) == 3, "two dead letters exceed a budget of one"
+    assert set(_rows(tmp_path)[schema.DOC_ID].to_pylist()) == set(good), "good documents are committed anyway"
+    letters = read_dead_letters(str(tmp_path / "db"), "chunks").to_pylist()
+    assert sorted(row["reason"] for row in letters) == ["invalid_json", "missing_text"]
+    assert {row["detail"].split(":")[0] for row in letters} == {"line 4", "line 5"}
+    assert any(row["snippet"].startswith('{"id": "broken"') for row in letters)
+
+    capsys.readouterr()
+    assert deadletter_job.main(["list", "--config", config]) == 0
+    listed = capsys.readouterr().out
+    assert "invalid_json" in listed and "missing_text" in listed and "fixme" in listed
+
+    fixed = [json.dumps({"id": "fixme", "text": topics["global"]}), json.dumps({"id": "broken", "text": "Fixed."})]
+    _write_corpus(tmp_path / "src", good, fixed)
+    assert deadletter_job.main(["replay", "--config", config]) == 0
+    summary = _last_summary(tmp_path)
+    assert summary["job"] == "replay"
+    assert (summary["counts"]["docs_written"], summary["counts"]["docs_skipped_unchanged"]) == (2, 3)
+    assert set(_rows(tmp_path)[schema.DOC_ID].to_pylist()) == {*good, "fixme", "broken"}
+    assert read_dead_letters(str(tmp_path / "db"), "chunks").num_rows == 0
+
+
+def test_a_second_writer_is_refused_while_the_first_holds_the_table(ray_session, tmp_path: Path, capsys) -> None:
+    _write_corpus(tmp_path / "src", {"lambda": topics["lambda"]})
+    config = str(_config(tmp_path, str(tmp_path / "src")))
+    with TableLock(str(tmp_path / "db"), "chunks", "run-holding-it"):
+        assert index_job.main(["--config", config]) == 4
+        assert "run-holding-it" in capsys.readouterr().err
+    assert index_job.main(["--config", config]) == 0
+
+
+def test_maintain_compacts_and_builds_indexes(ray_session, tmp_path: Path, capsys) -> None:
+    _write_corpus(tmp_path / "src", {doc: topics[doc] for doc in [*DOCS, "compound"]})
+    config = str(_config(tmp_path, str(tmp_path / "src")))
+    assert index_job.main(["--config", config, "--set", "sink.commit_rows=10"]) == 0
+    capsys.readouterr()
+    code = maintain_job.main(
+        ["--config", config, "--set", "maintain.retain_versions_hours=0", "--set", "maintain.ann_min_rows=200"]
+    )
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0 and report["before"]["fragments"] > 1
+    assert report["after"]["fragments"] == 1 and report["after"]["versions"] == 1
+    assert report["after"]["rows"] == report["before"]["rows"] >= 200
+    assert {"chunk_id_idx", "text_idx", "vector_idx"} <= set(report["after"]["indexes"])
+
+
+def _ray_address() -> str:
+    import ray
+
+    return ray.get_runtime_context().gcs_address
+
+
+@pytest.fixture(scope="module")
+def s3_backfill_corpus(s3fs_client) -> str:
+    s3fs_client.mkdir("backfill")
+    for part, docs in enumerate([DOCS[:3], DOCS[3:], ["compound"]]):
+        body = "\n".join(json.dumps({"id": d, "text": topics[d]}) for d in docs) + "\n"
+        s3fs_client.pipe(f"backfill/in/part-{part}.jsonl", body.encode())
+    return "s3://backfill/in/"
+
+
+def _commits(db: Path) -> int:
+    return len(list((db / "chunks.lance" / "_versions").glob("*.manifest")))
+
+
+def _backfill(workdir: Path, config: Path, kill_after_commits: int | None = None) -> int:
+    """Run ``lateline backfill`` as its own driver on the test's Ray. With ``kill_after_commits``, SIGKILL it
+    as soon as the table has that many commits (0: as soon as it holds the table lock)."""
+    env = {**os.environ, "RAY_ADDRESS": _ray_address()}
+    command = [sys.executable, "-m", "jobs.backfill", "--config", str(config)]
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while kill_after_commits is not None and process.poll() is None and time.monotonic() < deadline:
+        started = (workdir / "db" / "chunks.lateline-lock").exists()
+        if started and _commits(workdir / "db") >= kill_after_commits:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            return -9
+        time.sleep(0.05)
+    return process.wait(timeout=max(1.0, deadline - time.monotonic()))
+
+
+@pytest.fixture(scope="module")
+def clean_backfill(s3_backfill_corpus: str, ray_session, tmp_path_factory) -> pa.Table:
+    workdir = tmp_path_factory.mktemp("clean")
+    assert _backfill(workdir, _config(workdir, s3_backfill_corpus, commit_rows=1)) == 0
+    assert _commits(workdir / "db") >= 3, "the corpus must take several commits for kills to land between them"
+    return _rows(workdir)
+
+
+@pytest.mark.parametrize("seed", [3, 11])
+def test_backfill_killed_with_sigkill_then_rerun_equals_a_clean_run(
+    s3_backfill_corpus: str, clean_backfill: pa.Table, tmp_path_factory, seed: int
+) -> None:
+    kill_points = sorted(np.random.default_rng(seed).choice(3, size=2, replace=False).tolist())
+    workdir = tmp_path_factory.mktemp(f"killed-{seed}")
+    config = _config(workdir, s3_backfill_corpus, commit_rows=1)
+    for kill_point in kill_points:  # crash, then crash the resumed run too
+        assert _backfill(workdir, config, kill_after_commits=kill_point) == -9
+    assert _backfill(workdir, config) == 0
+    resumed = _rows(workdir)
+    assert resumed[schema.CHUNK_ID].to_pylist() == clean_backfill[schema.CHUNK_ID].to_pylist()
+    assert len(set(resumed[schema.CHUNK_ID].to_pylist())) == resumed.num_rows
+    np.testing.assert_allclose(
+        np.stack(resumed[schema.VECTOR].to_numpy(zero_copy_only=False)),
+        np.stack(clean_backfill[schema.VECTOR].to_numpy(zero_copy_only=False)),
+        atol=1e-5,
+    )
+    rerun = _last_summary(workdir)["counts"]
+    assert rerun["docs_written"] + rerun["docs_skipped_unchanged"] == len(DOCS) + 1
+    if kill_points[-1] > 0:
+        assert rerun["docs_skipped_unchanged"] > 0, "what was committed before the kill is not embedded again"

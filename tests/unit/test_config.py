@@ -1,0 +1,200 @@
+"""config.py: strict, frozen job config; errors name key, value and what is allowed; secrets never printed."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from pipeline.config import ConfigError, JobConfig, apply_overrides, load_config, parse_config, redacted
+
+SOURCE = {"uri": "data/sample", "format": "jsonl"}
+
+
+def error_of(raw: dict) -> str:
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw)
+    return str(info.value)
+
+
+def test_minimal_config_gets_defaults() -> None:
+    config = parse_config({"source": SOURCE})
+    assert config.source.uri == "data/sample"
+    assert config.chunking.strategy == "tokens" and config.chunking.size > config.chunking.overlap
+    assert config.embedding.mode == "late"
+
+
+def test_repository_configs_are_valid() -> None:
+    root = Path(__file__).resolve().parents[2] / "configs"
+    for path in sorted(root.glob("*.yaml")):
+        assert isinstance(load_config(path), JobConfig), path
+
+
+def test_unknown_key_is_rejected_and_named() -> None:
+    message = error_of({"source": SOURCE, "chunking": {"sise": 64}})
+    assert message.startswith("chunking.sise:")
+    assert "unknown key" in message
+
+
+def test_unknown_top_level_section_is_named() -> None:
+    assert error_of({"source": SOURCE, "chunker": {}}).startswith("chunker:")
+
+
+def test_wrong_literal_names_key_value_and_allowed_values() -> None:
+    message = error_of({"source": SOURCE, "embedding": {"mode": "fast"}})
+    assert message.startswith("embedding.mode:")
+    assert "'fast'" in message and "'late'" in message and "'naive'" in message
+
+
+def test_non_positive_size_names_key_and_value() -> None:
+    message = error_of({"source": SOURCE, "chunking": {"size": -3}})
+    assert message.startswith("chunking.size:")
+    assert "(got -3)" in message
+    assert "greater than 0" in message
+
+
+@pytest.mark.parametrize("overlap", [64, 100])
+def test_overlap_not_below_size_is_rejected(overlap: int) -> None:
+    message = error_of({"source": SOURCE, "chunking": {"size": 64, "overlap": overlap}})
+    assert message.startswith("chunking")
+    assert "overlap" in message and f"got {overlap}" in message and "64" in message
+
+
+def test_missing_source_is_named() -> None:
+    assert error_of({}) == "source: required key is missing"
+
+
+def test_every_problem_is_reported_one_per_line() -> None:
+    message = error_of({"source": {"uri": "", "format": "csv"}, "batching": {"max_tokens": 0}})
+    lines = message.splitlines()
+    assert len(lines) == 3
+    assert {line.split(":")[0] for line in lines} == {"source.uri", "source.format", "batching.max_tokens"}
+
+
+def test_union_typed_key_errors_name_the_real_key() -> None:
+    message = error_of({"source": SOURCE, "runtime": {"num_actors": "many"}})
+    keys = {line.split(":")[0] for line in message.splitlines()}
+    assert keys == {"runtime.num_actors"}, message
+
+
+def test_config_is_frozen() -> None:
+    config = parse_config({"source": SOURCE})
+    with pytest.raises(ValidationError):
+        config.chunking.size = 12  # type: ignore[misc]
+    with pytest.raises(ValidationError):
+        config.source = config.source  # type: ignore[misc]
+
+
+# --- overrides and files --------------------------------------------------------------------------------
+
+
+def test_overrides_parse_yaml_scalars_into_nested_keys() -> None:
+    raw = apply_overrides(
+        {"source": dict(SOURCE)},
+        [
+            "chunking.size=64",
+            "chunking.strategy=sentences",
+            "runtime.ray_progress_bars=true",
+            "sink.commit_seconds=2.5",
+            "model.revision=null",
+            "sink.storage_options.client_kwargs.endpoint_url=http://127.0.0.1:9000",
+            "embedding.document_prefix=",
+            "source.uri=s3://bucket/docs=2024/",
+        ],
+    )
+    assert raw["chunking"] == {"size": 64, "strategy": "sentences"}
+    assert raw["runtime"]["ray_progress_bars"] is True
+    assert raw["sink"]["commit_seconds"] == 2.5
+    assert raw["model"]["revision"] is None
+    assert raw["sink"]["storage_options"] == {"client_kwargs": {"endpoint_url": "http://127.0.0.1:9000"}}
+    assert raw["embedding"]["document_prefix"] == ""
+    assert raw["source"]["uri"] == "s3://bucket/docs=2024/"  # only the first '=' splits
+    config = parse_config(raw)
+    assert config.chunking.size == 64 and config.chunking.strategy == "sentences"
+
+
+def test_overrides_replace_values_from_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text("source: {uri: data, format: jsonl}\nchunking: {size: 128, overlap: 16}\n")
+    config = load_config(path, ["chunking.size=32", "chunking.overlap=0"])
+    assert (config.chunking.size, config.chunking.overlap) == (32, 0)
+
+
+@pytest.mark.parametrize("item", ["chunking.size", "=64", ""])
+def test_malformed_override_raises_config_error(item: str) -> None:
+    with pytest.raises(ConfigError, match="--set"):
+        apply_overrides({}, [item])
+
+
+def test_override_below_a_scalar_raises_config_error_naming_the_key() -> None:
+    with pytest.raises(ConfigError, match=r"source\.uri\.x"):
+        apply_overrides({"source": dict(SOURCE)}, ["source.uri.x=1"])
+
+
+@pytest.mark.parametrize("item", ["source.uri=*.jsonl", "chunking.size=[1,"])
+def test_override_value_that_is_not_yaml_gives_config_error_or_a_string(item: str) -> None:
+    key, _, value = item.partition("=")
+    try:
+        raw = apply_overrides({}, [item])
+    except ConfigError:
+        return
+    section, leaf = key.split(".")
+    assert raw[section][leaf] == value
+
+
+def test_missing_file_gives_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such file") as info:
+        load_config(tmp_path / "absent.yaml")
+    assert "absent.yaml" in str(info.value)
+
+
+def test_invalid_yaml_gives_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("source: {uri: data\n  format: [jsonl\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path)
+
+
+def test_yaml_that_is_not_a_mapping_gives_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "list.yaml"
+    path.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(path)
+
+
+def test_file_errors_are_reported_through_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text("source: {uri: data, format: jsonl}\nembedding: {mode: fast}\n")
+    with pytest.raises(ConfigError, match=r"^embedding\.mode: .*'fast'"):
+        load_config(path)
+
+
+# --- redaction ------------------------------------------------------------------------------------------
+
+
+def test_redacted_masks_secrets_but_keeps_the_endpoint() -> None:
+    options = {
+        "key": "AKIAEXAMPLE",
+        "secret": "s3cr3t",
+        "token": "tok",
+        "session_token": "sess",
+        "password": "hunter2",
+        "aws_secret_access_key": "abc",
+        "endpoint_url": "http://127.0.0.1:9000",
+        "client_kwargs": {"endpoint_url": "http://minio:9000", "region_name": "us-east-1"},
+        "anon": False,
+    }
+    config = parse_config({"source": {**SOURCE, "storage_options": options}, "sink": {"storage_options": options}})
+    data = redacted(config)
+    for section in ("source", "sink"):
+        shown = data[section]["storage_options"]
+        for secret in ("key", "secret", "token", "session_token", "password", "aws_secret_access_key"):
+            assert shown[secret] == "***", (section, secret)
+        assert shown["endpoint_url"] == "http://127.0.0.1:9000"
+        assert shown["client_kwargs"] == {"endpoint_url": "http://minio:9000", "region_name": "us-east-1"}
+        assert shown["anon"] is False
+    text = repr(data)
+    assert not re.search("AKIAEXAMPLE|s3cr3t|hunter2|sess'", text)
+    assert config.source.storage_options["key"] == "AKIAEXAMPLE"  # the config itself is untouched

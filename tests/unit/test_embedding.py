@@ -1,0 +1,160 @@
+"""embedding.py: ChunkEmbedder with a tiny BERT equals the reference pooling, in input order, whatever the batching."""
+
+from __future__ import annotations
+
+import random
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.embedding import ChunkEmbedder
+from pipeline.model import LoadedModel, ModelIdentity
+from pipeline.pooling import Frame, late_pool, macro_windows, stitch
+
+CLS, SEP, MAX_LENGTH, DIM = 101, 102, 40, 32
+FRAME = Frame((CLS,), (), (SEP,))
+
+
+def tiny_loaded(model: torch.nn.Module, frame: Frame = FRAME) -> LoadedModel:
+    identity = ModelIdentity(
+        name="tiny",
+        fingerprint="x",
+        dim=DIM,
+        pooling="mean",
+        max_length=MAX_LENGTH,
+        dtype="float32",
+        document_prefix="",
+    )
+    return LoadedModel(
+        tokenizer=SimpleNamespace(pad_token_id=0),
+        encoder=model,
+        frame=frame,
+        max_length=MAX_LENGTH,
+        identity=identity,
+        device="cpu",
+        dtype="float32",
+    )
+
+
+def states_of(model: torch.nn.Module, input_ids: list[int]) -> np.ndarray:
+    with torch.no_grad():
+        return model(input_ids=torch.tensor([input_ids])).last_hidden_state[0].numpy()
+
+
+def late_reference(model: torch.nn.Module, ids: list[int], spans, frame: Frame, overlap: int) -> np.ndarray:
+    """Mean over the stitched content states of each span (every window run alone, unpadded)."""
+    windows = macro_windows(len(ids), frame.capacity(MAX_LENGTH), overlap)
+    offset = frame.content_offset
+    window_states = [
+        states_of(model, frame.wrap(ids[w.start : w.end]))[offset : offset + w.end - w.start] for w in windows
+    ]
+    return late_pool(stitch(window_states, windows), spans)
+
+
+def naive_reference(model: torch.nn.Module, ids: list[int], spans, frame: Frame) -> np.ndarray:
+    """sentence-transformers style: each chunk alone, mean over every position ([CLS] and [SEP] included)."""
+    capacity = frame.capacity(MAX_LENGTH)
+    means = [states_of(model, frame.wrap(ids[s : min(e, s + capacity)])).mean(axis=0) for s, e in spans]
+    means = np.stack(means)
+    return means / np.linalg.norm(means, axis=1, keepdims=True)
+
+
+def make_docs(seed: int, lengths: tuple[int, ...]) -> list[tuple[list[int], list[tuple[int, int]]]]:
+    rng = random.Random(seed)
+    docs = []
+    for n in lengths:
+        ids = [rng.randint(1, 99) for _ in range(n)]
+        spans, start = [], 0
+        while start < n:
+            end = min(n, start + rng.randint(1, 15))
+            spans.append((start, end))
+            start = end
+        docs.append((ids, spans))
+    return docs
+
+
+DOCS_LENGTHS = (12, 38, 5, 90, 39, 150, 1, 25)  # fits, exactly fits, long (macro windows), one token
+
+
+def assert_same_vectors(actual: np.ndarray, expected: np.ndarray) -> None:
+    assert actual.shape == expected.shape
+    np.testing.assert_allclose(actual, expected, atol=1e-5)
+    cosines = (actual * expected).sum(axis=1)
+    assert cosines.min() >= 0.9999
+
+
+@pytest.fixture(scope="module")
+def late_expected(tiny_bert) -> np.ndarray:
+    docs = make_docs(0, DOCS_LENGTHS)
+    return np.concatenate([late_reference(tiny_bert, ids, spans, FRAME, 6) for ids, spans in docs])
+
+
+@pytest.mark.parametrize(("max_tokens", "max_sequences"), [(16_384, 256), (40, 256), (100, 3), (1000, 1), (200, 8)])
+def test_late_embeddings_equal_the_reference_whatever_the_batch_budget(
+    tiny_bert, late_expected: np.ndarray, max_tokens: int, max_sequences: int
+) -> None:
+    embedder = ChunkEmbedder(
+        tiny_loaded(tiny_bert), "late", window_overlap=6, max_tokens=max_tokens, max_sequences=max_sequences
+    )
+    vectors = embedder.embed(make_docs(0, DOCS_LENGTHS))
+    assert vectors.dtype == np.float32
+    assert_same_vectors(vectors, late_expected)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_output_follows_input_order_when_documents_are_reordered(tiny_bert) -> None:
+    docs = make_docs(1, DOCS_LENGTHS)
+    embedder = ChunkEmbedder(tiny_loaded(tiny_bert), "late", window_overlap=6, max_tokens=120, max_sequences=4)
+    forward = embedder.embed(docs)
+    backward = embedder.embed(docs[::-1])
+    counts = [len(spans) for _, spans in docs]
+    blocks = np.split(forward, np.cumsum(counts)[:-1])
+    np.testing.assert_allclose(backward, np.concatenate(blocks[::-1]), atol=1e-5)
+
+
+def test_naive_embeddings_are_the_mean_over_each_framed_chunk(tiny_bert) -> None:
+    docs = make_docs(2, (20, 60))
+    docs.append((list(range(1, 61)), [(0, 60), (50, 60)]))  # a chunk longer than the window is truncated
+    embedder = ChunkEmbedder(tiny_loaded(tiny_bert), "naive", max_tokens=150, max_sequences=5)
+    expected = np.concatenate([naive_reference(tiny_bert, ids, spans, FRAME) for ids, spans in docs])
+    assert_same_vectors(embedder.embed(docs), expected)
+
+
+def test_document_prefix_tokens_are_context_but_not_part_of_any_span(tiny_bert) -> None:
+    frame = Frame((CLS,), (7, 8, 9), (SEP,))
+    docs = make_docs(3, (10, 36, 80))
+    embedder = ChunkEmbedder(tiny_loaded(tiny_bert, frame), "late", window_overlap=6, max_tokens=500)
+    vectors = embedder.embed(docs)
+    expected = np.concatenate([late_reference(tiny_bert, ids, spans, frame, 6) for ids, spans in docs])
+    assert_same_vectors(vectors, expected)
+    # the prefix does shape the vectors (it is in every input): without it they differ
+    plain = ChunkEmbedder(tiny_loaded(tiny_bert), "late", window_overlap=6, max_tokens=500).embed(docs)
+    assert not np.allclose(plain, vectors, atol=1e-3)
+
+
+def test_stats_count_sequences_tokens_and_padding(tiny_bert) -> None:
+    docs = make_docs(4, (10, 20, 30))
+    embedder = ChunkEmbedder(tiny_loaded(tiny_bert), "late", window_overlap=6, max_tokens=64, max_sequences=8)
+    embedder.embed(docs)
+    stats = embedder.stats.as_dict()
+    assert stats["sequences"] == 3
+    assert stats["tokens"] == (10 + 2) + (20 + 2) + (30 + 2)
+    assert stats["padded_tokens"] >= stats["tokens"]
+    assert stats["forwards"] == 2  # lengths 32, 22, 12: 2 * 32 = 64 fits the budget, a third would not
+    assert stats["seconds"] > 0
+
+
+def test_documents_without_spans_add_no_rows(tiny_bert) -> None:
+    embedder = ChunkEmbedder(tiny_loaded(tiny_bert), "late", window_overlap=6)
+    assert embedder.embed([]).shape == (0, DIM)
+    docs = make_docs(5, (15,))
+    alone = embedder.embed(docs)
+    with_empty = embedder.embed([([1, 2, 3], []), *docs, ([], [])])
+    np.testing.assert_allclose(with_empty, alone, atol=1e-6)
+
+
+def test_unknown_mode_is_named(tiny_bert) -> None:
+    with pytest.raises(ValueError, match=r"embedding\.mode.*'fast'"):
+        ChunkEmbedder(tiny_loaded(tiny_bert), "fast").embed(make_docs(6, (5,)))

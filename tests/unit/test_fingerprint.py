@@ -1,0 +1,98 @@
+"""fingerprint.py: a document is re-embedded exactly when something that shapes its vectors changes."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from pipeline.config import ChunkingConfig, EmbeddingConfig
+from pipeline.fingerprint import document_fingerprint, embedding_settings, settings_digest
+from pipeline.model import ModelIdentity
+from pipeline.sources import content_hash
+
+IDENTITY = ModelIdentity(
+    name="all-MiniLM-L6-v2",
+    fingerprint="abc123",
+    dim=384,
+    pooling="mean",
+    max_length=256,
+    dtype="float32",
+    document_prefix="",
+)
+CHUNKING = ChunkingConfig(strategy="tokens", size=128, overlap=16)
+EMBEDDING = EmbeddingConfig(mode="late", window_overlap=64)
+CONTENT = content_hash("Some document text.", '{"title": "t"}')
+
+
+def fingerprint(
+    chunking: ChunkingConfig = CHUNKING,
+    embedding: EmbeddingConfig = EMBEDDING,
+    identity: ModelIdentity = IDENTITY,
+    content: str = CONTENT,
+) -> str:
+    return document_fingerprint(content, settings_digest(embedding_settings(chunking, embedding, identity)))
+
+
+def test_identical_inputs_give_the_identical_fingerprint() -> None:
+    again = fingerprint(
+        ChunkingConfig(strategy="tokens", size=128, overlap=16),
+        EmbeddingConfig(mode="late", window_overlap=64),
+        replace(IDENTITY),
+        content_hash("Some document text.", '{"title": "t"}'),
+    )
+    assert again == fingerprint()
+    assert len(again) == 32 and int(again, 16) >= 0
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [
+        {"content": content_hash("Some document text!", '{"title": "t"}')},
+        {"content": content_hash("Some document text.", '{"title": "other"}')},
+        {"chunking": ChunkingConfig(strategy="sentences", size=128)},
+        {"chunking": ChunkingConfig(strategy="paragraphs", size=128)},
+        {"chunking": ChunkingConfig(strategy="tokens", size=256, overlap=16)},
+        {"chunking": ChunkingConfig(strategy="tokens", size=128, overlap=0)},
+        {"identity": replace(IDENTITY, fingerprint="def456")},
+        {"identity": replace(IDENTITY, name="other-model")},
+        {"identity": replace(IDENTITY, max_length=128)},
+        {"embedding": EmbeddingConfig(mode="naive")},
+        {"embedding": EmbeddingConfig(mode="late", window_overlap=32)},
+        {"embedding": EmbeddingConfig(mode="late", window_overlap=64, document_prefix="passage: ")},
+    ],
+    ids=lambda changed: next(iter(changed)),
+)
+def test_fingerprint_changes_with_everything_that_shapes_vectors(changed: dict) -> None:
+    assert fingerprint(**changed) != fingerprint()
+
+
+@pytest.mark.parametrize(
+    ("strategy", "setting"),
+    [("sentences", {"sentences_per_chunk": 2}), ("paragraphs", {"min_tokens": 8})],
+)
+def test_strategy_settings_count_for_their_strategy(strategy: str, setting: dict) -> None:
+    base = ChunkingConfig(strategy=strategy, size=128)
+    assert fingerprint(ChunkingConfig(strategy=strategy, size=128, **setting)) != fingerprint(base)
+
+
+def test_settings_that_do_not_shape_vectors_are_left_out() -> None:
+    # compute dtype (documented), query prefix, and settings of strategies / modes not in use
+    assert fingerprint(identity=replace(IDENTITY, dtype="bfloat16")) == fingerprint()
+    assert fingerprint(embedding=EmbeddingConfig(mode="late", window_overlap=64, query_prefix="q: ")) == fingerprint()
+    assert fingerprint(ChunkingConfig(strategy="tokens", size=128, overlap=16, sentences_per_chunk=2)) == fingerprint()
+    naive = EmbeddingConfig(mode="naive", window_overlap=64)
+    assert fingerprint(embedding=EmbeddingConfig(mode="naive", window_overlap=8)) == fingerprint(embedding=naive)
+
+
+def test_settings_name_versioned_strategy_and_pooling() -> None:
+    settings = embedding_settings(CHUNKING, EMBEDDING, IDENTITY)
+    assert settings["chunker"]["strategy"] == "tokens@v1"
+    assert settings["pooling"]["mode"] == "late@v1"
+    assert settings_digest(settings) == settings_digest(dict(reversed(list(settings.items()))))  # key order
+
+
+def test_content_hash_separates_text_from_metadata() -> None:
+    assert content_hash("ab", "c") != content_hash("a", "bc")
+    assert content_hash("text", None) == content_hash("text", "")
+    assert content_hash("text", None) != content_hash("text", "{}")
