@@ -21,6 +21,22 @@ from pipeline.pooling import EncodePlan, Piece, l2_normalize, piece_sums, plan_l
 _TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+class OutOfMemory(RuntimeError):
+    """A single sequence does not fit in device memory even alone."""
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA OOM, a CPU allocation failure, or an error whose message says out of memory."""
+    if isinstance(exc, MemoryError | OutOfMemory) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def _release_device_memory() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 @dataclass
 class ForwardStats:
     """Counters of the forward passes one embedder ran (summed into the run summary)."""
@@ -29,6 +45,7 @@ class ForwardStats:
     sequences: int = 0
     tokens: int = 0
     padded_tokens: int = 0
+    oom_splits: int = 0
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, float]:
@@ -68,12 +85,33 @@ class ChunkEmbedder:
             pieces_by_sequence[piece.sequence].append(piece)
         lengths = [len(seq) for seq in plan.sequences]
         for batch in pack_by_token_budget(lengths, self.max_tokens, self.max_sequences):
-            pieces = [p for index in batch for p in pieces_by_sequence[index]]
-            if pieces:
-                items, batch_sums = self._forward(plan.sequences, batch, pieces)
+            for items, batch_sums in self._forward_or_split(plan.sequences, batch, pieces_by_sequence):
                 sums.index_add_(0, items, batch_sums)
         counts = torch.tensor(plan.item_tokens, dtype=torch.float32).clamp(min=1).unsqueeze(1)
         return l2_normalize((sums / counts).numpy())
+
+    def _forward_or_split(
+        self, sequences: list[list[int]], batch: list[int], pieces_by_sequence: list[list[Piece]]
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Forward ``batch``; on out-of-memory, halve it and retry each half. A single sequence that still
+        does not fit raises :class:`OutOfMemory`, so the caller can dead-letter just its document."""
+        pieces = [p for index in batch for p in pieces_by_sequence[index]]
+        if not pieces:
+            return []
+        try:
+            return [self._forward(sequences, batch, pieces)]
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            _release_device_memory()
+            if len(batch) == 1:
+                raise OutOfMemory(f"one {len(sequences[batch[0]])}-token sequence does not fit: {exc}") from exc
+            self.stats.oom_splits += 1
+            half = len(batch) // 2
+            return [
+                *self._forward_or_split(sequences, batch[:half], pieces_by_sequence),
+                *self._forward_or_split(sequences, batch[half:], pieces_by_sequence),
+            ]
 
     def _forward(
         self, sequences: list[list[int]], batch: list[int], pieces: list[Piece]

@@ -30,12 +30,14 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute
 
 from pipeline import schema
 from pipeline.config import JobConfig, redacted
 from pipeline.deadletters import DeadLetterLog
 from pipeline.fingerprint import embedding_settings, settings_digest
 from pipeline.lock import TableLock
+from pipeline.manifest import ObjectManifest, unchanged_objects
 from pipeline.model import ModelIdentity, describe_model
 from pipeline.plan import ActorPlan, build_dataset, size_actor_pool
 from pipeline.sink import LanceSink
@@ -69,10 +71,15 @@ class Tally:
     dead_lettered: Counter = field(default_factory=Counter)
     dead_doc_ids: set[str] = field(default_factory=set)
     unreadable_objects: set[str] = field(default_factory=set)
+    dead_objects: set[str] = field(default_factory=set)
+    docs_by_object: Counter = field(default_factory=Counter)
+    objects_skipped: int = 0
     examples: list[dict[str, Any]] = field(default_factory=list)
 
     def add_chunks(self, chunks: pa.Table) -> None:
         self.chunks += chunks.num_rows
+        firsts = chunks.filter(pa.compute.equal(chunks[schema.CHUNK_INDEX], 0))
+        self.docs_by_object.update(firsts[schema.SOURCE_URI].to_pylist())
         self.tokens += int((chunks[schema.TOKEN_END].to_numpy() - chunks[schema.TOKEN_START].to_numpy()).sum())
 
     def add_skips(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -81,8 +88,10 @@ class Tally:
         for row in rows:
             if row[schema.ERROR] == schema.UNCHANGED:
                 self.unchanged.add(row[schema.DOC_ID])
+                self.docs_by_object[row[schema.SOURCE_URI]] += 1
                 continue
             dead.append(row)
+            self.dead_objects.add(row[schema.SOURCE_URI])
             self.dead_lettered[row[schema.ERROR]] += 1
             if row.get(schema.DOC_ID):
                 self.dead_doc_ids.add(row[schema.DOC_ID])
@@ -149,33 +158,32 @@ def run_index(
 
 def _execute(context: RunContext, sink: LanceSink, dead_letters: DeadLetterLog) -> dict[str, Any]:
     config, started_at, started = context.config, datetime.now(timezone.utc), time.monotonic()
+    digest = settings_digest(context.settings)
     known = sink.known_documents() if config.sink.mode == "upsert" else {}
+    manifest = ObjectManifest(config.sink.uri, config.sink.table, config.sink.storage_options)
+    if config.sink.mode == "overwrite":
+        manifest.clear()
+    skip = set()
+    if context.job != "replay" and known:
+        skip = unchanged_objects(context.objects, manifest.load(), digest, Counter(u for _, u in known.values()))
+    to_read = [obj for obj in context.objects if obj.path not in skip]
+    tally = Tally(context.job, config.runtime.progress_seconds, objects_skipped=len(skip))
+    tally.unchanged.update(doc for doc, (_, uri) in known.items() if uri in skip)
     log(
-        f"{context.job}: {len(context.objects):,} {config.source.format} objects at {config.source.uri} -> "
-        f"{config.sink.uri}/{config.sink.table} ({len(known):,} documents already there) with "
-        f"{context.identity.label} ({config.embedding.mode} mode)"
+        f"{context.job}: {len(context.objects):,} {config.source.format} objects at {config.source.uri} "
+        f"({len(skip):,} unchanged since the last run) -> {config.sink.uri}/{config.sink.table} "
+        f"({len(known):,} documents there) with {context.identity.label} ({config.embedding.mode} mode)"
     )
-    ray = _init_ray()
-    cluster = ray.cluster_resources()
-    actors = size_actor_pool(config.runtime, cluster.get("CPU", 1), cluster.get("GPU", 0))
-    stats = ray.remote(num_cpus=0)(RunStats).remote()
-    known_ref = ray.put({doc: fingerprint for doc, (fingerprint, _) in known.items()})
-    dataset = build_dataset(
-        config, context.objects, settings_digest(context.settings), actors, stats, known_ref, context.limit
-    )
-    tally = Tally(context.job, config.runtime.progress_seconds)
     outcome: dict[str, Any] = {"status": "failed", "error": None, "written": dict(sink.stats), "deleted": 0}
+    actors, counters = None, {}
     try:
-        for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
-            chunks, skips = split_skips(batch)
-            tally.add_chunks(chunks)
-            dead_letters.add(tally.add_skips(skips.to_pylist()))
-            dead_letters.add(tally.add_skips(sink.write(chunks)))
-            tally.maybe_print(sink.stats["docs_written"])
+        if to_read:
+            actors, counters = _stream(context, to_read, digest, known, sink, dead_letters, tally)
         outcome["written"] = sink.close()
         outcome["deleted"] = _delete_missing(context, sink, known, tally)
         if context.limit is None:
-            dead_letters.replace_for([obj.path for obj in context.objects])
+            dead_letters.replace_for([obj.path for obj in to_read])
+            manifest.record(_manifest_rows(context.run_id, to_read, digest, tally))
         dead_letters.flush()
         outcome["status"] = _budget_status(config, tally, outcome["written"]["docs_written"])
     except BaseException as exc:
@@ -183,7 +191,7 @@ def _execute(context: RunContext, sink: LanceSink, dead_letters: DeadLetterLog) 
         raise
     finally:
         tally.maybe_print(sink.stats["docs_written"], force=True)
-        summary = _summary(context, actors, tally, outcome, _snapshot(ray, stats), started_at, started)
+        summary = _summary(context, actors, tally, outcome, counters, started_at, started)
         summary["summary_path"] = str(write_summary(config, context.run_id, summary))
         log(f"{context.job}: {summary['status']}; run summary at {summary['summary_path']}")
     if config.maintain.after_run and summary["status"] != "failed":
@@ -191,6 +199,51 @@ def _execute(context: RunContext, sink: LanceSink, dead_letters: DeadLetterLog) 
 
         summary["maintain"] = maintain(config)
     return summary
+
+
+def _stream(
+    context: RunContext,
+    objects: list[SourceObject],
+    digest: str,
+    known: dict,
+    sink: LanceSink,
+    dead_letters: DeadLetterLog,
+    tally: Tally,
+) -> tuple[ActorPlan, dict[str, float]]:
+    """Start (or join) Ray, run the plan over ``objects`` and feed its output to the sink as it streams."""
+    config = context.config
+    ray = _init_ray()
+    cluster = ray.cluster_resources()
+    actors = size_actor_pool(config.runtime, cluster.get("CPU", 1), cluster.get("GPU", 0))
+    stats = ray.remote(num_cpus=0)(RunStats).remote()
+    known_ref = ray.put({doc: fingerprint for doc, (fingerprint, _) in known.items()})
+    dataset = build_dataset(config, objects, digest, actors, stats, known_ref, context.limit)
+    try:
+        for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
+            chunks, skips = split_skips(batch)
+            tally.add_chunks(chunks)
+            dead_letters.add(tally.add_skips(skips.to_pylist()))
+            dead_letters.add(tally.add_skips(sink.write(chunks)))
+            tally.maybe_print(sink.stats["docs_written"])
+    finally:
+        counters = _snapshot(ray, stats)
+    return actors, counters
+
+
+def _manifest_rows(run_id: str, objects: list[SourceObject], digest: str, tally: Tally) -> list[dict[str, Any]]:
+    """Objects read completely and without a dead letter, with the number of documents they hold."""
+    return [
+        {
+            "source_uri": obj.path,
+            "etag": obj.etag,
+            "size": obj.size,
+            "settings_digest": digest,
+            "doc_count": tally.docs_by_object[obj.path],
+            "run_id": run_id,
+        }
+        for obj in objects
+        if obj.etag is not None and obj.path not in tally.dead_objects
+    ]
 
 
 def _delete_missing(context: RunContext, sink: LanceSink, known: dict, tally: Tally) -> int:
@@ -242,7 +295,7 @@ def _snapshot(ray: Any, stats: Any) -> dict[str, float]:
 
 def _summary(
     context: RunContext,
-    actors: ActorPlan,
+    actors: ActorPlan | None,
     tally: Tally,
     outcome: dict[str, Any],
     counters: dict[str, float],
@@ -264,6 +317,7 @@ def _summary(
             "uri": config.source.uri,
             "format": config.source.format,
             "objects": len(context.objects),
+            "objects_skipped_unchanged": tally.objects_skipped,
             "limit": context.limit,
         },
         "table": {
@@ -275,7 +329,7 @@ def _summary(
         },
         "model": context.identity.to_json(),
         "settings": context.settings,
-        "actors": actors.__dict__,
+        "actors": actors.__dict__ if actors else None,
         "counts": {
             "docs_in": docs_written + len(tally.unchanged) + dead,
             "docs_read": int(counters.get("docs_in", 0)),

@@ -13,7 +13,9 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
-from collections.abc import Iterable, Iterator, Mapping
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -26,6 +28,7 @@ from pipeline import schema
 from pipeline.config import SourceConfig
 from pipeline.fingerprint import document_fingerprint
 
+log = logging.getLogger(__name__)
 _GLOB_CHARS = ("*", "?", "[")
 SNIPPET_CHARS = 200
 
@@ -49,8 +52,8 @@ def list_source_objects(source: SourceConfig) -> list[SourceObject]:
     be listed or matches nothing."""
     try:
         fs, path = url_to_fs(source.uri, **source.storage_options)
-        entries, root = _list(fs, path, source.include_patterns())
-    except (OSError, ValueError, ImportError) as exc:
+        entries, root = with_retries(f"listing {source.uri}", lambda: _list(fs, path, source.include_patterns()))
+    except Exception as exc:
         raise SourceError(f"source.uri: cannot list {source.uri!r}: {exc}") from exc
     if not entries:
         raise SourceError(f"source.uri: no {source.format} files found at {source.uri!r}")
@@ -160,18 +163,62 @@ def fingerprinted(doc: dict[str, Any], settings_digest: str, known: Mapping[str,
     return {**doc, schema.DOC_FINGERPRINT: fingerprint}
 
 
+RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+_PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, UnicodeError, ValueError)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Errors worth a retry: network and timeout errors, 5xx-style I/O errors, botocore/aiohttp connection
+    errors. Missing objects, denied access and malformed data are permanent."""
+    if isinstance(exc, _PERMANENT):
+        return False
+    if isinstance(exc, OSError | ConnectionError | TimeoutError):
+        return True
+    module, name = type(exc).__module__, type(exc).__name__
+    return module.startswith(("botocore", "aiobotocore", "aiohttp", "urllib3")) or "Timeout" in name
+
+
+def with_retries(what: str, action: Callable[[], Any], delays: tuple[float, ...] = RETRY_DELAYS_S) -> Any:
+    """``action()``, retried with backoff while it fails with a transient error."""
+    for delay in (*delays, None):
+        try:
+            return action()
+        except Exception as exc:
+            if delay is None or not is_transient(exc):
+                raise
+            log.warning("%s: %s; retrying in %.1fs", what, exc, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
 def read_object(path: str, root: str, source: SourceConfig) -> Iterator[dict[str, Any]]:
-    """Document rows of one file; a file that cannot be opened or parsed yields one ``unreadable_source`` row."""
-    try:
-        fs, local = url_to_fs(path, **source.storage_options)
-        if source.format == "jsonl":
-            yield from _jsonl_records(fs, local, path, source)
-        elif source.format == "parquet":
-            yield from _parquet_records(fs, local, path, source)
-        else:
-            yield _text_record(fs, local, path, root, source)
-    except (OSError, ValueError, pa.ArrowException) as exc:
-        yield skipped(path, "unreadable_source", f"{type(exc).__name__}: {exc}")
+    """Document rows of one file. A transient storage error is retried with backoff, resuming after the
+    records already yielded; a permanent one (or retries exhausted) yields one ``unreadable_source`` row that
+    names the object."""
+    yielded = 0
+    for delay in (*RETRY_DELAYS_S, None):
+        try:
+            for position, doc in enumerate(_records(path, root, source)):
+                if position >= yielded:
+                    yielded += 1
+                    yield doc
+            return
+        except Exception as exc:
+            if delay is None or not is_transient(exc):
+                yield skipped(path, "unreadable_source", f"{type(exc).__name__}: {exc}")
+                return
+            log.warning("reading %s: %s; retrying in %.1fs", path, exc, delay)
+            time.sleep(delay)
+
+
+def _records(path: str, root: str, source: SourceConfig) -> Iterator[dict[str, Any]]:
+    fs, local = url_to_fs(path, **source.storage_options)
+    if source.format == "jsonl":
+        yield from _jsonl_records(fs, local, path, source)
+    elif source.format == "parquet":
+        yield from _parquet_records(fs, local, path, source)
+    else:
+        yield _text_record(fs, local, path, root, source)
 
 
 def _jsonl_records(fs: Any, local: str, uri: str, source: SourceConfig) -> Iterator[dict[str, Any]]:

@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 from pipeline import schema
 from pipeline.chunking import chunk_spans
 from pipeline.config import BatchingConfig, ChunkingConfig, EmbeddingConfig, ModelConfig, SourceConfig
+from pipeline.embedding import ChunkEmbedder, is_out_of_memory
 from pipeline.model import load_model, load_tokenizer, raw_tokenizer, resolve_model_path
 from pipeline.sources import read_objects
 
@@ -151,8 +152,6 @@ class EmbedChunks:
         torch_threads: int | None = None,
         stats: Any = None,
     ) -> None:
-        from pipeline.embedding import ChunkEmbedder
-
         if torch_threads:
             import torch
 
@@ -190,7 +189,8 @@ class EmbedChunks:
                     parts.append(self.embedder.embed([_doc_input(row)]))
                 except Exception as exc:
                     failed[id(row)] = f"{type(exc).__name__}: {exc}"
-                    row[schema.ERROR], row[schema.ERROR_DETAIL] = "embed_failed", failed[id(row)][:500]
+                    reason = "out_of_memory" if is_out_of_memory(exc) else "embed_failed"
+                    row[schema.ERROR], row[schema.ERROR_DETAIL] = reason, failed[id(row)][:500]
             dim = self.loaded.identity.dim
             return (np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)), failed
 

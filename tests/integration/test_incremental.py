@@ -67,15 +67,20 @@ def test_unchanged_costs_nothing_edit_reembeds_one_delete_removes_one(ray_sessio
     first = _rows(tmp_path)
 
     assert index_job.main(["--config", config]) == 0
-    counts = _last_summary(tmp_path)["counts"]
+    summary = _last_summary(tmp_path)
+    counts = summary["counts"]
     assert (counts["docs_skipped_unchanged"], counts["forward_passes"], counts["document_tokens"]) == (6, 0, 0)
+    assert summary["source"]["objects_skipped_unchanged"] == 1, "an unchanged file is not even read"
+    assert counts["docs_read"] == 0
     assert _rows(tmp_path).equals(first)
 
     corpus["assert"] = topics["assert"] + "\n\nAn added closing sentence changes this document."
     del corpus["pass"]
     _write_corpus(tmp_path / "src", corpus)
     assert index_job.main(["--config", config]) == 0
-    counts = _last_summary(tmp_path)["counts"]
+    summary = _last_summary(tmp_path)
+    counts = summary["counts"]
+    assert summary["source"]["objects_skipped_unchanged"] == 0
     assert (counts["docs_written"], counts["docs_skipped_unchanged"], counts["docs_deleted"]) == (1, 4, 1)
     assert counts["forward_passes"] > 0
     after = _rows(tmp_path)

@@ -1,0 +1,71 @@
+"""Out-of-memory handling: a micro-batch that does not fit is halved and retried; a document whose sequence
+does not fit even alone is dead-lettered as ``out_of_memory`` while the rest of its block is embedded."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from pipeline import schema
+from pipeline.embedding import ChunkEmbedder, OutOfMemory
+from pipeline.stages import EmbedChunks
+from tests.unit.test_embedding import tiny_loaded
+
+
+class MemoryLimitedEncoder(torch.nn.Module):
+    """Wraps an encoder and fails like a full device when asked for more than ``limit`` padded positions."""
+
+    def __init__(self, encoder: torch.nn.Module, limit: int) -> None:
+        super().__init__()
+        self.encoder, self.limit, self.calls = encoder, limit, 0
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):  # noqa: ANN201
+        self.calls += 1
+        if input_ids.numel() > self.limit:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return self.encoder(input_ids=input_ids, attention_mask=attention_mask)
+
+
+def _docs(lengths: list[int]) -> list[tuple[list[int], list[tuple[int, int]]]]:
+    rng = np.random.default_rng(0)
+    return [(rng.integers(1, 100, n).tolist(), [(0, n // 2), (n // 2, n)]) for n in lengths]
+
+
+def test_a_batch_that_does_not_fit_is_halved_and_gives_the_same_vectors(tiny_bert: torch.nn.Module) -> None:
+    docs = _docs([30, 28, 25, 20, 12, 9])
+    expected = ChunkEmbedder(tiny_loaded(tiny_bert), max_tokens=4096).embed(docs)
+    limited = MemoryLimitedEncoder(tiny_bert, limit=70)
+    embedder = ChunkEmbedder(tiny_loaded(limited), max_tokens=4096)
+    np.testing.assert_allclose(embedder.embed(docs), expected, atol=1e-5)
+    assert embedder.stats.oom_splits > 0
+
+
+def test_a_sequence_that_never_fits_raises_out_of_memory(tiny_bert: torch.nn.Module) -> None:
+    embedder = ChunkEmbedder(tiny_loaded(MemoryLimitedEncoder(tiny_bert, limit=10)), max_tokens=4096)
+    with pytest.raises(OutOfMemory):
+        embedder.embed(_docs([30]))
+
+
+def test_the_stage_dead_letters_only_the_document_that_does_not_fit(tiny_bert: torch.nn.Module) -> None:
+    stage = EmbedChunks.__new__(EmbedChunks)  # the real constructor loads a model from disk
+    stage.loaded = tiny_loaded(MemoryLimitedEncoder(tiny_bert, limit=25))
+    stage.embedder = ChunkEmbedder(stage.loaded, max_tokens=4096)
+    stage.output_schema = schema.embedded_schema(stage.loaded.identity.dim)
+    stage.stats = None
+    rows = []
+    for doc_id, (ids, spans) in zip(["small", "huge", "tiny"], _docs([12, 30, 8])):
+        text = " ".join(["w"] * len(ids))
+        rows.append({
+            schema.DOC_ID: doc_id, schema.TEXT: text, schema.SOURCE_URI: "mem://", schema.METADATA: "{}",
+            schema.ERROR: None, schema.ERROR_DETAIL: None, schema.SNIPPET: None, schema.DOC_FINGERPRINT: doc_id,
+            schema.INPUT_IDS: ids, schema.CHAR_STARTS: [2 * a for a, _ in spans],
+            schema.CHAR_ENDS: [2 * b - 1 for _, b in spans], schema.TOKEN_STARTS: [a for a, _ in spans],
+            schema.TOKEN_ENDS: [b for _, b in spans],
+        })
+    output = stage(pa.Table.from_pylist(rows, schema=schema.CHUNKED_DOCUMENTS))
+    errors = {r[schema.DOC_ID]: r[schema.ERROR] for r in output.to_pylist()}
+    assert errors == {"small": None, "tiny": None, "huge": "out_of_memory"}
+    kept = output.filter(pa.compute.is_null(output[schema.ERROR]))
+    assert kept.num_rows == 4 and kept[schema.VECTOR].null_count == 0
