@@ -7,11 +7,11 @@ import socket
 import threading
 import time
 from pathlib import Path
+from pydoc_data.topics import topics
 from urllib.parse import urlparse
 
 import pytest
 import yaml
-from pydoc_data.topics import topics
 
 from jobs import index as index_job
 from pipeline import schema
@@ -95,7 +95,9 @@ def _is_object_get(data: bytes) -> bool:
     return request_line.startswith(b"GET /") and b"?" not in request_line.split(b" ")[1]
 
 
-def test_job_completes_when_the_endpoint_restarts_mid_run(s3fs_client, s3_endpoint, ray_session, tmp_path: Path) -> None:  # noqa: ANN001
+def test_job_completes_when_the_endpoint_restarts_mid_run(
+    s3fs_client, s3_endpoint, ray_session, tmp_path: Path
+) -> None:
     s3fs_client.mkdir("outage")
     for index, doc in enumerate(DOCS):
         s3fs_client.pipe(f"outage/docs/part-{index}.jsonl", json.dumps({"id": doc, "text": topics[doc]}).encode())

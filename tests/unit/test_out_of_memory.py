@@ -21,7 +21,7 @@ class MemoryLimitedEncoder(torch.nn.Module):
         super().__init__()
         self.encoder, self.limit, self.calls = encoder, limit, 0
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):  # noqa: ANN201
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
         self.calls += 1
         if input_ids.numel() > self.limit:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
@@ -57,13 +57,23 @@ def test_the_stage_dead_letters_only_the_document_that_does_not_fit(tiny_bert: t
     rows = []
     for doc_id, (ids, spans) in zip(["small", "huge", "tiny"], _docs([12, 30, 8])):
         text = " ".join(["w"] * len(ids))
-        rows.append({
-            schema.DOC_ID: doc_id, schema.TEXT: text, schema.SOURCE_URI: "mem://", schema.METADATA: "{}",
-            schema.ERROR: None, schema.ERROR_DETAIL: None, schema.SNIPPET: None, schema.DOC_FINGERPRINT: doc_id,
-            schema.INPUT_IDS: ids, schema.CHAR_STARTS: [2 * a for a, _ in spans],
-            schema.CHAR_ENDS: [2 * b - 1 for _, b in spans], schema.TOKEN_STARTS: [a for a, _ in spans],
-            schema.TOKEN_ENDS: [b for _, b in spans],
-        })
+        rows.append(
+            {
+                schema.DOC_ID: doc_id,
+                schema.TEXT: text,
+                schema.SOURCE_URI: "mem://",
+                schema.METADATA: "{}",
+                schema.ERROR: None,
+                schema.ERROR_DETAIL: None,
+                schema.SNIPPET: None,
+                schema.DOC_FINGERPRINT: doc_id,
+                schema.INPUT_IDS: ids,
+                schema.CHAR_STARTS: [2 * a for a, _ in spans],
+                schema.CHAR_ENDS: [2 * b - 1 for _, b in spans],
+                schema.TOKEN_STARTS: [a for a, _ in spans],
+                schema.TOKEN_ENDS: [b for _, b in spans],
+            }
+        )
     output = stage(pa.Table.from_pylist(rows, schema=schema.CHUNKED_DOCUMENTS))
     errors = {r[schema.DOC_ID]: r[schema.ERROR] for r in output.to_pylist()}
     assert errors == {"small": None, "tiny": None, "huge": "out_of_memory"}
