@@ -11,6 +11,7 @@ JOBS = {
     "search": "search a table with the model that built it",
     "deadletter": "list or replay records that could not be indexed",
     "maintain": "compact, clean up old versions, build indexes",
+    "eval": "retrieval quality on a BEIR dataset: no chunking vs naive vs late",
 }
 
 

@@ -20,7 +20,12 @@ from bisect import bisect_left
 from collections.abc import Sequence
 from typing import NamedTuple
 
-STRATEGY_VERSIONS = {"tokens": "tokens@v1", "sentences": "sentences@v1", "paragraphs": "paragraphs@v1"}
+STRATEGY_VERSIONS = {
+    "tokens": "tokens@v1",
+    "sentences": "sentences@v1",
+    "paragraphs": "paragraphs@v1",
+    "none": "none@v1",  # the whole document as one chunk (naive mode truncates it to the window)
+}
 
 Offsets = Sequence[tuple[int, int]]
 
@@ -41,7 +46,8 @@ def chunk_spans(
     sentences_per_chunk: int = 4,
     min_tokens: int = 0,
 ) -> list[Span]:
-    """Chunk spans of one document by ``strategy`` (``tokens``, ``sentences`` or ``paragraphs``)."""
+    """Chunk spans of one document by ``strategy`` (``tokens``, ``sentences``, ``paragraphs``, or ``none``: one
+    span over the whole document, ``size`` not applied)."""
     if strategy == "tokens":
         bounds = token_windows(len(offsets), size, overlap)
     elif strategy == "sentences":
@@ -49,6 +55,8 @@ def chunk_spans(
         bounds = pack_units(units, size, max_units=sentences_per_chunk)
     elif strategy == "paragraphs":
         bounds = paragraph_bounds(text, offsets, size, min_tokens)
+    elif strategy == "none":
+        bounds = [(0, len(offsets))] if offsets else []
     else:
         raise ValueError(f"chunking.strategy: unknown strategy {strategy!r} (allowed: {sorted(STRATEGY_VERSIONS)})")
     return [to_span(offsets, start, end) for start, end in bounds]

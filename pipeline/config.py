@@ -57,7 +57,7 @@ class SourceConfig(_Strict):
 class ChunkingConfig(_Strict):
     """How a document is split. ``size`` is the token cap of a chunk for every strategy."""
 
-    strategy: Literal["tokens", "sentences", "paragraphs"] = "tokens"
+    strategy: Literal["tokens", "sentences", "paragraphs", "none"] = "tokens"
     size: int = Field(default=256, gt=0)
     overlap: int = Field(default=0, ge=0)
     sentences_per_chunk: int = Field(default=4, gt=0)

@@ -25,7 +25,7 @@ def embedding_settings(chunking: ChunkingConfig, embedding: EmbeddingConfig, ide
         chunker["overlap"] = chunking.overlap
     elif chunking.strategy == "sentences":
         chunker["sentences_per_chunk"] = chunking.sentences_per_chunk
-    else:
+    elif chunking.strategy == "paragraphs":
         chunker["min_tokens"] = chunking.min_tokens
     pooling = {"mode": POOLING_VERSIONS[embedding.mode], "document_prefix": embedding.document_prefix}
     if embedding.mode == "late":

@@ -227,6 +227,7 @@ def _stream(
             tally.maybe_print(sink.stats["docs_written"])
     finally:
         counters = _snapshot(ray, stats)
+        ray.kill(stats)  # the actor lives as long as the driver otherwise (eval and tests run many jobs)
     return actors, counters
 
 

@@ -32,8 +32,15 @@ class TableNotFound(RuntimeError):
     """The configured table does not exist yet."""
 
 
-def search(config: JobConfig, queries: list[str], k: int = 10, by_document: bool = False) -> list[list[Hit]]:
-    """Top ``k`` chunks (or, ``by_document``, the best chunk of each of the top ``k`` documents) per query."""
+def search(
+    config: JobConfig,
+    queries: list[str],
+    k: int = 10,
+    by_document: bool = False,
+    chunks_per_doc: int = BY_DOCUMENT_OVERSAMPLE,
+) -> list[list[Hit]]:
+    """Top ``k`` chunks (or, ``by_document``, the best chunk of each of the top ``k`` documents, found among
+    the ``k * chunks_per_doc`` best chunks) per query."""
     table = open_table(config.sink.uri, config.sink.table, config.sink.storage_options)
     if table is None:
         raise TableNotFound(
@@ -42,7 +49,7 @@ def search(config: JobConfig, queries: list[str], k: int = 10, by_document: bool
     _check_model(config, read_table_record(table))
     model = load_model(config.model, config.embedding.document_prefix)
     vectors = embed_queries(model, queries, config.embedding.query_prefix)
-    limit = k * BY_DOCUMENT_OVERSAMPLE if by_document else k
+    limit = k * chunks_per_doc if by_document else k
     return [_hits(table, vector, limit, k, by_document) for vector in vectors]
 
 
