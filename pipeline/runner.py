@@ -153,7 +153,12 @@ def run_index(
             lock.refresh()
 
         sink = LanceSink(config.sink, context.identity, context.settings, on_commit=on_commit)
-        return _execute(context, sink, dead_letters)
+        summary = _execute(context, sink, dead_letters)
+    if config.maintain.after_run:  # after the lock is released: maintain takes it itself
+        from pipeline.maintain import maintain
+
+        summary["maintain"] = maintain(config)
+    return summary
 
 
 def _execute(context: RunContext, sink: LanceSink, dead_letters: DeadLetterLog) -> dict[str, Any]:
@@ -194,10 +199,6 @@ def _execute(context: RunContext, sink: LanceSink, dead_letters: DeadLetterLog) 
         summary = _summary(context, actors, tally, outcome, counters, started_at, started)
         summary["summary_path"] = str(write_summary(config, context.run_id, summary))
         log(f"{context.job}: {summary['status']}; run summary at {summary['summary_path']}")
-    if config.maintain.after_run and summary["status"] != "failed":
-        from pipeline.maintain import maintain
-
-        summary["maintain"] = maintain(config)
     return summary
 
 

@@ -209,3 +209,14 @@ def test_backfill_killed_with_sigkill_then_rerun_equals_a_clean_run(
     assert rerun["docs_written"] + rerun["docs_skipped_unchanged"] == len(DOCS) + 1
     if kill_points[-1] > 0:
         assert rerun["docs_skipped_unchanged"] > 0, "what was committed before the kill is not embedded again"
+
+
+def test_maintain_can_run_after_each_job(ray_session, tmp_path: Path) -> None:
+    _write_corpus(tmp_path / "src", {doc: topics[doc] for doc in DOCS[:2]})
+    config = str(_config(tmp_path, str(tmp_path / "src")))
+    assert index_job.main(["--config", config, "--set", "maintain.after_run=true"]) == 0
+    import lancedb
+
+    table = lancedb.connect(str(tmp_path / "db")).open_table("chunks")
+    assert {"chunk_id_idx", "text_idx"} <= {index.name for index in table.list_indices()}
+    assert not (tmp_path / "db" / "chunks.lateline-lock").exists()
