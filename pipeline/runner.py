@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 import uuid
 import warnings
@@ -54,7 +55,8 @@ def log(message: str) -> None:
 
 
 def new_run_id() -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+    """A unique id that sorts by start time (microseconds: a no-change run can take less than a second)."""
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ") + "-" + uuid.uuid4().hex[:6]
 
 
 @dataclass
@@ -64,7 +66,6 @@ class Tally:
     job: str
     every: float
     started: float = field(default_factory=time.monotonic)
-    last_print: float = field(default_factory=time.monotonic)
     chunks: int = 0
     tokens: int = 0
     unchanged: set[str] = field(default_factory=set)
@@ -102,16 +103,16 @@ class Tally:
                 self.examples.append({k: row.get(k) for k in keep})
         return dead
 
-    def maybe_print(self, docs_written: int, force: bool = False) -> None:
-        now = time.monotonic()
-        if force or now - self.last_print >= self.every:
-            elapsed = now - self.started
-            log(
-                f"{self.job}: {docs_written:,} docs written, {len(self.unchanged):,} unchanged, "
-                f"{sum(self.dead_lettered.values()):,} dead-lettered, {self.chunks:,} chunks, "
-                f"{self.tokens:,} tokens ({self.tokens / max(elapsed, 1e-9):,.0f}/s), {elapsed:,.0f}s elapsed"
-            )
-            self.last_print = now
+    def print_progress(self, docs_written: int, model_tokens: float | None) -> None:
+        """One progress line. ``model_tokens`` (from the stages: tokens through the model, windows and special
+        tokens included) shows work that has not reached the driver yet."""
+        elapsed = time.monotonic() - self.started
+        tokens = int(model_tokens or 0)
+        log(
+            f"{self.job}: {docs_written:,} docs written, {len(self.unchanged):,} unchanged, "
+            f"{sum(self.dead_lettered.values()):,} dead-lettered, {self.chunks:,} chunks, "
+            f"{tokens:,} model tokens ({tokens / max(elapsed, 1e-9):,.0f}/s), {elapsed:,.0f}s elapsed"
+        )
 
 
 @dataclass
@@ -195,7 +196,7 @@ def _execute(context: RunContext, sink: LanceSink, dead_letters: DeadLetterLog) 
         outcome["error"] = f"{type(exc).__name__}: {exc}"
         raise
     finally:
-        tally.maybe_print(sink.stats["docs_written"], force=True)
+        tally.print_progress(sink.stats["docs_written"], counters.get("forward_tokens"))
         summary = _summary(context, actors, tally, outcome, counters, started_at, started)
         summary["summary_path"] = str(write_summary(config, context.run_id, summary))
         log(f"{context.job}: {summary['status']}; run summary at {summary['summary_path']}")
@@ -219,17 +220,27 @@ def _stream(
     stats = ray.remote(num_cpus=0)(RunStats).remote()
     known_ref = ray.put({doc: fingerprint for doc, (fingerprint, _) in known.items()})
     dataset = build_dataset(config, objects, digest, actors, stats, known_ref, context.limit)
+    stop = threading.Event()
+    heartbeat = threading.Thread(target=_heartbeat, args=(stop, tally, sink, ray, stats), daemon=True)
+    heartbeat.start()
     try:
         for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
             chunks, skips = split_skips(batch)
             tally.add_chunks(chunks)
             dead_letters.add(tally.add_skips(skips.to_pylist()))
             dead_letters.add(tally.add_skips(sink.write(chunks)))
-            tally.maybe_print(sink.stats["docs_written"])
     finally:
+        stop.set()
+        heartbeat.join()
         counters = _snapshot(ray, stats)
         ray.kill(stats)  # the actor lives as long as the driver otherwise (eval and tests run many jobs)
     return actors, counters
+
+
+def _heartbeat(stop: threading.Event, tally: Tally, sink: LanceSink, ray: Any, stats: Any) -> None:
+    """Print progress every ``tally.every`` seconds, whether or not output reached the driver."""
+    while not stop.wait(tally.every):
+        tally.print_progress(sink.stats["docs_written"], _snapshot(ray, stats).get("forward_tokens"))
 
 
 def _manifest_rows(run_id: str, objects: list[SourceObject], digest: str, tally: Tally) -> list[dict[str, Any]]:
