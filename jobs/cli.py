@@ -18,7 +18,7 @@ JOBS = {
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in {"-h", "--help"} or argv[0] not in JOBS:
-        known = "\n".join(f"  {name:<8} {text}" for name, text in JOBS.items())
+        known = "\n".join(f"  {name:<11} {text}" for name, text in JOBS.items())
         print(f"usage: lateline <job> [options]  (lateline <job> --help for more)\n\njobs:\n{known}", file=sys.stderr)
         return 0 if argv and argv[0] in {"-h", "--help"} else 2
     return importlib.import_module(f"jobs.{argv[0]}").main(argv[1:])

@@ -26,7 +26,7 @@ class TableLocked(RuntimeError):
 
 class TableLock:
     def __init__(self, uri: str, table: str, run_id: str, storage_options: dict[str, Any] | None = None) -> None:
-        self.fs, root = url_to_fs(uri, **(storage_options or {}))
+        self.fs, root = url_to_fs(uri, **fsspec_options(storage_options or {}))
         self.path = f"{root.rstrip('/')}/{table}.lateline-lock"
         self.display = f"{uri.rstrip('/')}/{table}.lateline-lock"
         self.owner = {
@@ -83,6 +83,38 @@ class TableLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+# LanceDB (object_store) option names -> s3fs arguments; anything else is left to the AWS environment.
+_S3FS_KEYS = {
+    "aws_access_key_id": "key",
+    "access_key_id": "key",
+    "aws_secret_access_key": "secret",
+    "secret_access_key": "secret",
+    "aws_session_token": "token",
+    "session_token": "token",
+}
+_S3FS_CLIENT_KEYS = {
+    "aws_endpoint": "endpoint_url",
+    "endpoint": "endpoint_url",
+    "aws_region": "region_name",
+    "region": "region_name",
+}
+
+
+def fsspec_options(storage_options: dict[str, Any]) -> dict[str, Any]:
+    """The sink's LanceDB ``storage_options`` as fsspec/s3fs arguments, so the lock file lives where the
+    table does with the same credentials and endpoint."""
+    options: dict[str, Any] = {}
+    client: dict[str, Any] = {}
+    for key, value in storage_options.items():
+        if key.lower() in _S3FS_KEYS:
+            options[_S3FS_KEYS[key.lower()]] = value
+        elif key.lower() in _S3FS_CLIENT_KEYS:
+            client[_S3FS_CLIENT_KEYS[key.lower()]] = value
+    if client:
+        options["client_kwargs"] = client
+    return options
 
 
 def _alive(holder: dict[str, Any]) -> bool:

@@ -103,13 +103,11 @@ def chunk_documents(batch: pa.Table, settings: ChunkSettings, stats: Any = None)
     schema.require_columns(batch, schema.DOCUMENTS, "chunk_documents")
     started = time.perf_counter()
     rows = batch.to_pylist()
-    good = [i for i, row in enumerate(rows) if row[schema.ERROR] is None]
-    encodings = _document_tokenizer(settings.model).encode_batch(
-        [rows[i][schema.TEXT] for i in good], add_special_tokens=False
-    )
+    good = [row for row in rows if row[schema.ERROR] is None]
     tokens = 0
-    for index, encoding in zip(good, encodings):
-        row = rows[index]
+    for row, encoding in zip(good, _tokenize(settings.model, good)):
+        if encoding is None:
+            continue
         spans = chunk_spans(row[schema.TEXT], encoding.offsets, **_chunk_args(settings.chunking))
         if not spans:
             row.update({schema.ERROR: "no_tokens", schema.ERROR_DETAIL: "the tokenizer found no tokens"})
@@ -121,6 +119,23 @@ def chunk_documents(batch: pa.Table, settings: ChunkSettings, stats: Any = None)
             row.setdefault(column, [])
     report(stats, {"tokens": tokens, "chunk_s": time.perf_counter() - started})
     return pa.Table.from_pylist(rows, schema=schema.CHUNKED_DOCUMENTS)
+
+
+def _tokenize(model: ModelConfig, rows: list[dict[str, Any]]) -> list[Any]:
+    """Encodings of the rows' texts (in parallel); if the batch fails, one by one, and a document whose
+    tokenizing fails is marked ``tokenize_failed`` (its encoding is ``None``)."""
+    tokenizer = _document_tokenizer(model)
+    try:
+        return tokenizer.encode_batch([row[schema.TEXT] for row in rows], add_special_tokens=False)
+    except Exception:
+        encodings = []
+        for row in rows:
+            try:
+                encodings.append(tokenizer.encode(row[schema.TEXT], add_special_tokens=False))
+            except Exception as exc:
+                row[schema.ERROR], row[schema.ERROR_DETAIL] = "tokenize_failed", f"{type(exc).__name__}: {exc}"
+                encodings.append(None)
+        return encodings
 
 
 def _chunk_args(chunking: ChunkingConfig) -> dict[str, Any]:

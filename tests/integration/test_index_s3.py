@@ -20,6 +20,7 @@ from jobs import index as index_job
 from jobs import search as search_job
 from pipeline import schema
 from pipeline.config import parse_config
+from pipeline.deadletters import read_dead_letters
 from pipeline.search import search
 
 pytestmark = pytest.mark.integration
@@ -93,6 +94,9 @@ def test_every_good_document_is_indexed_and_every_bad_one_reported(indexed: dict
         "invalid_utf8": 1,
     }
     assert all(example["error_detail"].startswith("line ") for example in summary["dead_letter_examples"])
+    letters = read_dead_letters(indexed["config"].sink.uri, "chunks").to_pylist()
+    assert sorted(row["reason"] for row in letters) == sorted(counts["dead_lettered_by_reason"])
+    assert all(row["source_uri"].startswith("s3://corpus-jsonl/docs/part-") and row["snippet"] for row in letters)
     assert summary["table"]["rows"] == table.num_rows == counts["chunks_out"]
     assert summary["table"]["commits"] > 1, "commits must be bounded (commit_rows=50)"
 
@@ -229,3 +233,31 @@ def test_markdown_files_with_paragraph_chunks(s3fs_client, ray_session, tmp_path
     assert set(table[schema.DOC_ID].to_pylist()) == {"guide/lambda.md", "assert.txt"}
     first = table.filter(pa.compute.equal(table[schema.DOC_ID], "guide/lambda.md")).sort_by(schema.CHUNK_INDEX)
     assert first[schema.TEXT][0].as_py().startswith("# Lambda")
+
+
+def test_the_table_itself_can_live_in_s3(s3fs_client, s3_endpoint: str, ray_session, tmp_path: Path) -> None:
+    s3fs_client.mkdir("vectors")
+    options = {
+        "aws_endpoint": s3_endpoint,
+        "aws_access_key_id": "testing",
+        "aws_secret_access_key": "testing",
+        "aws_region": "us-east-1",
+        "allow_http": "true",
+    }
+    config = {
+        "source": {"uri": str(Path(__file__).resolve().parents[2] / "data" / "sample"), "format": "jsonl"},
+        "model": {"dtype": "float32"},
+        "sink": {"uri": "s3://vectors/db", "table": "chunks", "storage_options": options},
+        "runtime": {"summary_dir": str(tmp_path / "runs")},
+    }
+    path = tmp_path / "s3-sink.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert index_job.main(["--config", str(path), "--limit", "3"]) == 0
+    assert index_job.main(["--config", str(path), "--limit", "3"]) == 0
+    [hits] = search(parse_config(config), ["the assert statement"], k=1)
+    assert hits[0].doc_id == "assert"
+    import lancedb
+
+    table = lancedb.connect("s3://vectors/db", storage_options=options).open_table("chunks").to_arrow()
+    assert len(set(table[schema.CHUNK_ID].to_pylist())) == table.num_rows > 0
+    assert not s3fs_client.exists("vectors/db/chunks.lateline-lock"), "the lock is released"
