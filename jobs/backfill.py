@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from jobs.common import config_arguments, fail, load_or_exit, run_writing_job
+from jobs.common import config_arguments, fail, parse, run_writing_job
 from pipeline.runner import run_index
 from pipeline.sources import list_uris
 
@@ -24,8 +24,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    config = load_or_exit(args)
+    args, config = parse(parser(), argv)
     if isinstance(config, int):
         return config
     uris = list(args.uris)

@@ -30,6 +30,12 @@ def config_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> tuple[argparse.Namespace, JobConfig | int]:
+    """Parse the command line and load its config: ``(args, config)``, or ``(args, 2)`` after printing why."""
+    args = parser.parse_args(argv)
+    return args, load_or_exit(args)
+
+
 def load_or_exit(args: argparse.Namespace) -> JobConfig | int:
     """The validated config, or exit code 2 after printing every problem to stderr."""
     try:

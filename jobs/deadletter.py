@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from jobs.common import config_arguments, fail, load_or_exit, run_writing_job
+from jobs.common import config_arguments, fail, parse, run_writing_job
 from pipeline.deadletters import read_dead_letters
 from pipeline.runner import EXIT_CODES, run_index
 from pipeline.sources import list_uris
@@ -23,8 +23,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    config = load_or_exit(args)
+    args, config = parse(parser(), argv)
     if isinstance(config, int):
         return config
     letters = read_dead_letters(config.sink.uri, config.sink.table, config.sink.storage_options)

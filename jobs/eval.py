@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from jobs.common import config_arguments, fail, load_or_exit
+from jobs.common import config_arguments, fail, parse
 from pipeline.evaluation import DatasetError, run_eval
 from pipeline.runner import EXIT_CODES
 from pipeline.search import TableNotFound
@@ -28,8 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("eval-results"), help="output folder (default eval-results)")
     p.add_argument("--chunk-sizes", type=_sizes, default=None, help="comma-separated chunk sizes (default: config)")
     p.add_argument("--table", help="evaluate this existing table instead of indexing the corpus")
-    args = p.parse_args(argv)
-    config = load_or_exit(args)
+    args, config = parse(p, argv)
     if isinstance(config, int):
         return config
     try:

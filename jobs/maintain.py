@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from jobs.common import config_arguments, fail, load_or_exit
+from jobs.common import config_arguments, fail, parse
 from pipeline.lock import TableLocked
 from pipeline.maintain import NothingToMaintain, maintain
 from pipeline.runner import EXIT_CODES
@@ -15,8 +15,7 @@ from pipeline.runner import EXIT_CODES
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="lateline maintain", description=__doc__)
     config_arguments(p)
-    args = p.parse_args(argv)
-    config = load_or_exit(args)
+    _, config = parse(p, argv)
     if isinstance(config, int):
         return config
     try:
