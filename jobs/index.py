@@ -4,16 +4,25 @@ unchanged ones skipped for free, documents gone from the source removed."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from jobs.common import config_arguments, fail, load_or_exit, run_writing_job
-from pipeline.runner import run_index
+from pipeline.config import JobConfig
+from pipeline.dryrun import dry_run
+from pipeline.runner import EXIT_CODES, run_index
+from pipeline.sources import SourceError
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lateline index", description=__doc__)
     config_arguments(p)
     p.add_argument("--limit", type=int, default=None, help="index at most N documents (a trial; removes nothing)")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="list and sample the source, estimate documents, tokens and run time; write nothing",
+    )
     return p
 
 
@@ -24,7 +33,28 @@ def main(argv: list[str] | None = None) -> int:
     config = load_or_exit(args)
     if isinstance(config, int):
         return config
+    if args.dry_run:
+        return _dry_run(config)
     return run_writing_job("index", lambda: run_index(config, limit=args.limit))
+
+
+def _dry_run(config: JobConfig) -> int:
+    try:
+        estimate = dry_run(config)
+    except SourceError as exc:
+        return fail(str(exc), "config")
+    print(json.dumps(estimate, indent=2))
+    seconds = estimate["estimated_seconds"]
+    print(
+        f"about {estimate['estimated_docs']:,} documents, {estimate['estimated_tokens']:,} tokens; "
+        f"{estimate['estimated_unchanged_fraction'] or 0:.0%} unchanged; "
+        f"about {seconds / 60:,.1f} minutes at {estimate['tokens_per_s']:,.0f} tokens/s "
+        f"({estimate['throughput_basis']})"
+        if seconds is not None
+        else "no estimate: nothing to embed was sampled",
+        file=sys.stderr,
+    )
+    return EXIT_CODES["ok"]
 
 
 if __name__ == "__main__":

@@ -1,0 +1,164 @@
+"""``lateline index --dry-run``: list and sample the source, estimate documents, tokens and run time; write nothing.
+
+Sampling reads up to ``SAMPLE_OBJECTS`` objects spread over the listing, each up to ``SAMPLE_DOCS`` documents.
+Fully read objects give documents and tokens per byte of object; when none was read to its end, the text bytes
+of the sample stand in for object bytes (slightly optimistic for JSONL). The documents the table already holds
+with the same fingerprint are estimated from the sample too. Throughput comes from the newest run summary of
+the same model in ``runtime.summary_dir`` (tokens/s over its wall time), else from a short forward benchmark
+on the sampled documents on this machine (labelled as such: a cluster may be faster).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from fsspec.core import url_to_fs
+
+from pipeline import schema
+from pipeline.config import JobConfig
+from pipeline.fingerprint import embedding_settings, settings_digest
+from pipeline.lock import fsspec_options
+from pipeline.model import describe_model, raw_tokenizer
+from pipeline.sink import open_table, read_table_record
+from pipeline.sources import fingerprinted, list_source_objects, read_object
+
+SAMPLE_OBJECTS = 5
+SAMPLE_DOCS = 200
+BENCHMARK_TOKENS = 20_000
+
+
+def dry_run(config: JobConfig) -> dict[str, Any]:
+    """The estimate as JSON data (see the module doc)."""
+    tokenizer, _, _, identity = describe_model(config.model, config.embedding.document_prefix)
+    digest = settings_digest(embedding_settings(config.chunking, config.embedding, identity))
+    objects = list_source_objects(config.source)
+    total_bytes = sum(obj.size or 0 for obj in objects)
+    known = _known_fingerprints(config)
+    sample = _sample(objects, config, digest, known, raw_tokenizer(tokenizer))
+    scale = total_bytes / sample["bytes"] if sample["bytes"] else 0.0
+    docs, tokens = sample["docs"] * scale, sample["tokens"] * scale
+    to_embed = sample["changed_tokens"] * scale
+    throughput, basis = _throughput(config, identity.label, sample["texts"])
+    return {
+        "source": config.source.uri,
+        "objects": len(objects),
+        "bytes": total_bytes,
+        "sampled_objects": sample["objects"],
+        "sampled_docs": sample["docs"],
+        "estimated_docs": round(docs),
+        "estimated_tokens": round(tokens),
+        "estimated_unchanged_fraction": round(sample["unchanged"] / sample["docs"], 3) if sample["docs"] else None,
+        "estimated_bad_records": dict(sample["bad"]),
+        "tokens_per_s": round(throughput, 1),
+        "throughput_basis": basis,
+        "estimated_seconds": round(to_embed / throughput, 1) if throughput else None,
+        "model": identity.label,
+        "table": f"{config.sink.uri}/{config.sink.table}",
+    }
+
+
+def _sample(objects: list, config: JobConfig, digest: str, known: dict[str, str], backend: Any) -> dict[str, Any]:
+    step = max(1, len(objects) // SAMPLE_OBJECTS)
+    chosen = objects[::step][:SAMPLE_OBJECTS]
+    totals: dict[str, Any] = {
+        "objects": len(chosen),
+        "docs": 0,
+        "tokens": 0,
+        "changed_tokens": 0,
+        "unchanged": 0,
+        "bytes": 0,
+        "text_bytes": 0,
+        "bad": Counter(),
+        "texts": [],
+    }
+    for obj in chosen:
+        complete = True
+        for count, doc in enumerate(read_object(obj.path, obj.root, config.source)):
+            if count >= SAMPLE_DOCS:
+                complete = False
+                break
+            _count(fingerprinted(doc, digest, known), totals, backend, doc[schema.TEXT])
+        totals["bytes"] += (obj.size or 0) if complete else 0
+    if totals["bytes"] == 0:  # nothing read to its end: text bytes stand in for object bytes
+        totals["bytes"] = totals["text_bytes"]
+    return totals
+
+
+def _count(doc: dict[str, Any], totals: dict[str, Any], backend: Any, text: str | None) -> None:
+    totals["docs"] += 1
+    if doc[schema.ERROR] not in (None, schema.UNCHANGED):
+        totals["bad"][doc[schema.ERROR]] += 1
+        return
+    tokens = len(backend.encode(text, add_special_tokens=False).ids)
+    totals["tokens"] += tokens
+    totals["text_bytes"] += len(text.encode("utf-8"))
+    if doc[schema.ERROR] == schema.UNCHANGED:
+        totals["unchanged"] += 1
+    else:
+        totals["changed_tokens"] += tokens
+        if len(totals["texts"]) < 64:
+            totals["texts"].append(text)
+
+
+def _known_fingerprints(config: JobConfig) -> dict[str, str]:
+    fs, path = url_to_fs(config.sink.uri, **fsspec_options(config.sink.storage_options))
+    if not fs.exists(path):  # connecting would create the directory, and a dry run writes nothing
+        return {}
+    table = open_table(config.sink.uri, config.sink.table, config.sink.storage_options)
+    if table is None or config.sink.mode == "overwrite" or read_table_record(table) is None:
+        return {}
+    rows = (
+        table.search()
+        .where(f"{schema.CHUNK_INDEX} = 0")
+        .select([schema.DOC_ID, schema.DOC_FINGERPRINT])
+        .limit(table.count_rows())
+        .to_arrow()
+    )
+    return dict(zip(rows[schema.DOC_ID].to_pylist(), rows[schema.DOC_FINGERPRINT].to_pylist()))
+
+
+def _throughput(config: JobConfig, model_label: str, texts: list[str]) -> tuple[float, str]:
+    for path in sorted(Path(config.runtime.summary_dir).glob("*/summary.json"), reverse=True):
+        summary = json.loads(path.read_text())
+        tokens, wall = summary.get("counts", {}).get("document_tokens", 0), summary.get("wall_s", 0)
+        if (
+            summary.get("status") == "ok"
+            and tokens
+            and wall
+            and summary.get("model", {}).get("fingerprint")
+            and (f"{summary['model']['name']}@{summary['model']['fingerprint']}" == model_label)
+        ):
+            return tokens / wall, f"run {summary.get('run_id')} (end to end, this config's summary_dir)"
+    return _benchmark(config, texts), "a forward benchmark on this machine (no earlier run of this model found)"
+
+
+def _benchmark(config: JobConfig, texts: list[str]) -> float:
+    from pipeline.embedding import ChunkEmbedder
+    from pipeline.model import load_model
+
+    if not texts:
+        return 0.0
+    model = load_model(config.model, config.embedding.document_prefix)
+    backend = raw_tokenizer(model.tokenizer)
+    docs, tokens = [], 0
+    for text in texts:
+        ids = backend.encode(text, add_special_tokens=False).ids
+        docs.append((ids, [(0, len(ids))]))
+        tokens += len(ids)
+        if tokens >= BENCHMARK_TOKENS:
+            break
+    embedder = ChunkEmbedder(
+        model,
+        config.embedding.mode,
+        config.embedding.window_overlap,
+        config.batching.max_tokens,
+        config.batching.max_sequences,
+    )
+    embedder.embed(docs[:1])  # warm-up
+    started = time.perf_counter()
+    embedder.embed(docs)
+    return tokens / (time.perf_counter() - started)

@@ -1,0 +1,51 @@
+"""``lateline index --dry-run``: an estimate from a sample, nothing written; after a run it knows what is unchanged
+and uses that run's measured throughput."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from jobs import index as index_job
+
+pytestmark = pytest.mark.integration
+
+SAMPLE = Path(__file__).resolve().parents[2] / "data" / "sample"
+
+
+def _estimate(config: Path, capsys: pytest.CaptureFixture) -> dict:
+    capsys.readouterr()
+    assert index_job.main(["--config", str(config), "--dry-run"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_dry_run_estimates_without_writing_then_sees_the_unchanged_corpus(
+    ray_session, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    shutil.copytree(SAMPLE, tmp_path / "src")
+    config = tmp_path / "job.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "source": {"uri": str(tmp_path / "src"), "format": "jsonl"},
+                "sink": {"uri": str(tmp_path / "db")},
+                "runtime": {"summary_dir": str(tmp_path / "runs")},
+            }
+        )
+    )
+    first = _estimate(config, capsys)
+    assert not (tmp_path / "db").exists() and not (tmp_path / "runs").exists(), "a dry run writes nothing"
+    assert (first["objects"], first["estimated_docs"], first["estimated_unchanged_fraction"]) == (1, 60, 0.0)
+    assert first["tokens_per_s"] > 0 and "benchmark" in first["throughput_basis"]
+
+    assert index_job.main(["--config", str(config)]) == 0
+    [summary] = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*/summary.json")]
+    assert first["estimated_tokens"] == summary["counts"]["document_tokens"], "the sample was the whole corpus"
+
+    second = _estimate(config, capsys)
+    assert second["estimated_unchanged_fraction"] == 1.0 and second["estimated_seconds"] == 0
+    assert summary["run_id"] in second["throughput_basis"]
