@@ -23,7 +23,7 @@ from pipeline.config import JobConfig
 from pipeline.fingerprint import embedding_settings, settings_digest
 from pipeline.lock import fsspec_options
 from pipeline.model import describe_model, raw_tokenizer
-from pipeline.sink import open_table, read_table_record
+from pipeline.sink import open_table, read_table_record, stored_documents
 from pipeline.sources import fingerprinted, list_source_objects, read_object
 
 SAMPLE_OBJECTS = 5
@@ -111,14 +111,7 @@ def _known_fingerprints(config: JobConfig) -> dict[str, str]:
     table = open_table(config.sink.uri, config.sink.table, config.sink.storage_options)
     if table is None or config.sink.mode == "overwrite" or read_table_record(table) is None:
         return {}
-    rows = (
-        table.search()
-        .where(f"{schema.CHUNK_INDEX} = 0")
-        .select([schema.DOC_ID, schema.DOC_FINGERPRINT])
-        .limit(table.count_rows())
-        .to_arrow()
-    )
-    return dict(zip(rows[schema.DOC_ID].to_pylist(), rows[schema.DOC_FINGERPRINT].to_pylist()))
+    return {doc: fingerprint for doc, (fingerprint, _) in stored_documents(table).items()}
 
 
 def _throughput(config: JobConfig, model_label: str, texts: list[str]) -> tuple[float, str]:

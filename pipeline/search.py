@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pipeline import schema
 from pipeline.config import JobConfig
 from pipeline.embedding import embed_queries
-from pipeline.model import describe_model, load_model
-from pipeline.sink import TableMismatch, open_table, read_table_record
+from pipeline.model import load_model
+from pipeline.sink import check_model, open_table, read_table_record
 
 BY_DOCUMENT_OVERSAMPLE = 10
 
@@ -46,21 +46,11 @@ def search(
         raise TableNotFound(
             f"sink.table: no table {config.sink.table!r} at {config.sink.uri!r}; run `lateline index` first"
         )
-    _check_model(config, read_table_record(table))
     model = load_model(config.model, config.embedding.document_prefix)
+    check_model(config.sink.table, read_table_record(table), model.identity)
     vectors = embed_queries(model, queries, config.embedding.query_prefix)
     limit = k * chunks_per_doc if by_document else k
     return [_hits(table, vector, limit, k, by_document) for vector in vectors]
-
-
-def _check_model(config: JobConfig, record: dict | None) -> None:
-    _, _, _, identity = describe_model(config.model, config.embedding.document_prefix)
-    stored = (record or {}).get("model", {})
-    if stored.get("fingerprint") != identity.fingerprint or stored.get("dim") != identity.dim:
-        raise TableMismatch(
-            f"table {config.sink.table!r} holds vectors of model {stored.get('name')}@{stored.get('fingerprint')}; "
-            f"the config names {identity.label}. Search with --set model.name_or_path=<the table's model>."
-        )
 
 
 def _hits(table, vector, limit: int, k: int, by_document: bool) -> list[Hit]:

@@ -46,8 +46,8 @@ def read_table_record(table: Any) -> dict[str, Any] | None:
     return json.loads(raw) if raw else None
 
 
-def check_compatible(table_name: str, stored: dict[str, Any] | None, identity: ModelIdentity, settings: dict) -> None:
-    """Raise :class:`TableMismatch` when ``stored`` (a table's record) was made by another model or settings."""
+def check_model(table_name: str, stored: dict[str, Any] | None, identity: ModelIdentity) -> None:
+    """Raise :class:`TableMismatch` when ``stored`` (a table's record) holds another model's vectors (or none)."""
     if stored is None:
         raise TableMismatch(
             f"table {table_name!r} was not written by lateline (no model record); use another sink.table"
@@ -61,11 +61,31 @@ def check_compatible(table_name: str, stored: dict[str, Any] | None, identity: M
             f"(--set model.name_or_path=...), or write the new model's vectors to another table "
             f"(--set sink.table=...) or start afresh (--set sink.mode=overwrite)."
         )
+
+
+def check_compatible(table_name: str, stored: dict[str, Any] | None, identity: ModelIdentity, settings: dict) -> None:
+    """:func:`check_model`, and the same chunking/embedding settings (what writing needs)."""
+    check_model(table_name, stored, identity)
     if stored.get("settings") != settings:
         raise TableMismatch(
             f"table {table_name!r} was built with other chunking/embedding settings {stored.get('settings')}; "
             f"this job has {settings}. Use --set sink.mode=overwrite to rebuild it, or another sink.table."
         )
+
+
+def stored_documents(table: Any) -> dict[str, tuple[str, str]]:
+    """``doc_id -> (doc_fingerprint, source_uri)`` of every document ``table`` holds (one scan of chunk 0 rows)."""
+    if table is None or table.count_rows() == 0:
+        return {}
+    rows = (
+        table.search()
+        .where(f"{schema.CHUNK_INDEX} = 0")
+        .select([schema.DOC_ID, schema.DOC_FINGERPRINT, schema.SOURCE_URI])
+        .limit(table.count_rows())
+        .to_arrow()
+    )
+    pairs = zip(rows[schema.DOC_FINGERPRINT].to_pylist(), rows[schema.SOURCE_URI].to_pylist())
+    return dict(zip(rows[schema.DOC_ID].to_pylist(), pairs))
 
 
 def connect(uri: str, storage_options: dict[str, Any] | None = None) -> Any:
@@ -121,21 +141,7 @@ class LanceSink:
 
     def known_documents(self) -> dict[str, tuple[str, str]]:
         """``doc_id -> (doc_fingerprint, source_uri)`` of every document the table holds (empty when new)."""
-        if self.table is None or self.table.count_rows() == 0:
-            return {}
-        rows = (
-            self.table.search()
-            .where(f"{schema.CHUNK_INDEX} = 0")
-            .select([schema.DOC_ID, schema.DOC_FINGERPRINT, schema.SOURCE_URI])
-            .limit(self.table.count_rows())
-            .to_arrow()
-        )
-        return dict(
-            zip(
-                rows[schema.DOC_ID].to_pylist(),
-                zip(rows[schema.DOC_FINGERPRINT].to_pylist(), rows[schema.SOURCE_URI].to_pylist()),
-            )
-        )
+        return stored_documents(self.table)
 
     def delete_documents(self, doc_ids: list[str]) -> int:
         """Remove every chunk of ``doc_ids`` (one commit per ``DELETE_BATCH`` documents); returns the count."""
@@ -189,10 +195,10 @@ class LanceSink:
             first = chunks.filter(pc.equal(chunks[schema.DOC_ID], doc)).slice(0, 1).to_pylist()[0]
             rows.append(
                 {
-                    "doc_id": doc,
-                    "source_uri": first[schema.SOURCE_URI],
-                    "error": "duplicate_doc_id",
-                    "error_detail": "this document id appeared more than once in the source; one copy was kept",
+                    schema.DOC_ID: doc,
+                    schema.SOURCE_URI: first[schema.SOURCE_URI],
+                    schema.ERROR: "duplicate_doc_id",
+                    schema.ERROR_DETAIL: "this document id appeared more than once in the source; one copy was kept",
                 }
             )
             if doc not in self.seen_docs:  # both copies in one block: keep the first copy's rows
