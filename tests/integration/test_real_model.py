@@ -86,5 +86,7 @@ def test_bfloat16_stays_close_to_float32(model) -> None:
     spans = [(0, 16), (16, len(encoding.ids))]
     fp32 = ChunkEmbedder(model).embed([(encoding.ids, spans)])
     bf16_model = load_model(ModelConfig(dtype="bfloat16"), device="cpu")
+    # On CPU the weights themselves are cast once (no autocast), which is the fast path.
+    assert next(bf16_model.encoder.parameters()).dtype == torch.bfloat16 and not bf16_model.autocast
     bf16 = ChunkEmbedder(bf16_model).embed([(encoding.ids, spans)])
-    assert _cosines(fp32, bf16).min() >= 0.999
+    assert _cosines(fp32, bf16).min() >= 0.9998

@@ -158,3 +158,20 @@ def test_documents_without_spans_add_no_rows(tiny_bert) -> None:
 def test_unknown_mode_is_named(tiny_bert) -> None:
     with pytest.raises(ValueError, match=r"embedding\.mode.*'fast'"):
         ChunkEmbedder(tiny_loaded(tiny_bert), "fast").embed(make_docs(6, (5,)))
+
+
+def test_a_batch_without_padding_runs_without_a_mask_and_equals_the_reference(tiny_bert) -> None:
+    # Two documents of the same length fill one unpadded batch: the forward gets no attention mask.
+    docs = [(list(range(5, 25)), [(0, 7), (7, 20)]), (list(range(30, 50)), [(0, 20)])]
+    embedder = ChunkEmbedder(tiny_loaded(tiny_bert))
+    masks = []
+    handle = tiny_bert.register_forward_pre_hook(
+        lambda module, args, kwargs: masks.append(kwargs.get("attention_mask")), with_kwargs=True
+    )
+    try:
+        vectors = embedder.embed(docs)
+    finally:
+        handle.remove()
+    assert masks == [None]
+    expected = np.concatenate([late_reference(tiny_bert, ids, spans, FRAME, 8) for ids, spans in docs])
+    np.testing.assert_allclose(vectors, expected, atol=1e-5)

@@ -1,0 +1,486 @@
+"""Throughput, measured side by side in one run on one corpus and machine.
+
+Variants (each in a fresh subprocess, so its peak memory is its own):
+  late         lateline end to end, late mode: S3 on loopback (moto_server) -> Ray -> LanceDB
+  naive        lateline end to end, naive mode
+  st-default   sentence-transformers ``encode`` of the same naive chunks, its defaults (what users write)
+  st-bf16      the same with the weights in bfloat16
+  raw          the bare model forward over exactly the sequences lateline's late mode runs, packed the same
+               way (the ceiling for this model here), plus a measured matmul peak for model FLOP utilisation
+  memory       lateline late mode at ``--memory-docs`` and 10x that: peak memory must stay flat
+
+The corpus is real prose of mixed lengths: pydoc topics (the Python docs shipped with the stdlib), each
+document a run of paragraphs of one topic from a random start, with a log-uniform target length of 300 to
+12,000 chars. Chunks are 128-token windows in every variant. Time is wall time: lateline's includes Ray start,
+model load, S3 reads, tokenizing and LanceDB writes; sentence-transformers' is model load plus ``encode`` of
+chunk texts prepared beforehand (reading, chunking and writing not counted, in its favour).
+
+    python benchmarks/throughput.py                      # 300 docs, a few minutes
+    python benchmarks/throughput.py --docs 2000          # the size the targets are stated at
+    python benchmarks/throughput.py --variants late,raw  # a subset
+
+Prints a table and the ratios, writes ``throughput.json`` and ``throughput.png`` under ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+VARIANTS = ("late", "naive", "st-default", "st-bf16", "raw", "memory")
+CHUNK_TOKENS = 128
+BUCKET = "lateline-bench"
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+TARGETS = {
+    "late_vs_st_default": 1.5,
+    "late_vs_st_bf16": 1.0,
+    "late_share_of_ceiling": 0.85,
+    "memory_10x_over_1x": 1.2,
+}
+
+
+# --- corpus ----------------------------------------------------------------------------------------------
+def make_corpus(n_docs: int, seed: int = 0) -> list[dict[str, str]]:
+    """``n_docs`` documents of real prose with mixed lengths (see the module docstring); deterministic."""
+    from pydoc_data.topics import topics
+
+    names = sorted(topics)
+    docs = []
+    for index in range(n_docs):
+        rng = random.Random(seed * 1_000_003 + index)
+        paragraphs = [p for p in topics[names[index % len(names)]].split("\n\n") if p.strip()]
+        target = math.exp(rng.uniform(math.log(300), math.log(12_000)))
+        start, parts, size = rng.randrange(len(paragraphs)), [], 0
+        while size < target and len(parts) < len(paragraphs):
+            parts.append(paragraphs[(start + len(parts)) % len(paragraphs)])
+            size += len(parts[-1]) + 2
+        docs.append({"id": f"doc-{index:06d}", "text": "\n\n".join(parts)})
+    return docs
+
+
+def write_jsonl_shards(docs: list[dict[str, str]], fs: Any, prefix: str, shard_docs: int = 250) -> None:
+    for shard, start in enumerate(range(0, len(docs), shard_docs)):
+        lines = "".join(json.dumps(doc) + "\n" for doc in docs[start : start + shard_docs])
+        with fs.open(f"{prefix}/part-{shard:04d}.jsonl", "w") as handle:
+            handle.write(lines)
+
+
+# --- S3 on loopback --------------------------------------------------------------------------------------
+def start_moto() -> tuple[subprocess.Popen, str]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    exe = shutil.which("moto_server") or str(Path(sys.executable).with_name("moto_server"))
+    process = subprocess.Popen(
+        [exe, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    for _ in range(150):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return process, f"http://127.0.0.1:{port}"
+        except OSError:
+            time.sleep(0.2)
+    process.kill()
+    raise RuntimeError("moto_server did not start")
+
+
+def s3_filesystem(endpoint: str) -> Any:
+    import s3fs
+
+    # No region: moto creates buckets in us-east-1 without a location constraint.
+    return s3fs.S3FileSystem(key="testing", secret="testing", client_kwargs={"endpoint_url": endpoint})
+
+
+# --- memory of a process tree ----------------------------------------------------------------------------
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def tree_pss_bytes(root: int) -> int:
+    """Proportional set size of ``root`` and all its descendants (shared pages counted once, split among
+    their users), so Ray's shared object store is not counted per worker."""
+    total, stack = 0, [root]
+    while stack:
+        pid = stack.pop()
+        stack.extend(_children(pid))
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1]) * 1024
+                    break
+        except OSError:
+            continue
+    return total
+
+
+class PeakMemory:
+    """Samples the PSS of a process tree every ``interval`` seconds in a thread; ``peak`` in bytes."""
+
+    def __init__(self, pid: int, interval: float = 0.5) -> None:
+        self.pid, self.interval, self.peak = pid, interval, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, tree_pss_bytes(self.pid))
+            self._stop.wait(self.interval)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
+# --- the variants (run inside a worker subprocess) -------------------------------------------------------
+def lateline_config(work: Path, source_uri: str, mode: str, name: str) -> Any:
+    from pipeline.config import apply_overrides, load_config, parse_config
+
+    base = load_config(ROOT / "configs" / "local.yaml").model_dump()
+    raw = apply_overrides(
+        base,
+        [
+            f"source.uri={source_uri}",
+            "source.metadata_fields=[]",
+            "chunking.strategy=tokens",
+            f"chunking.size={CHUNK_TOKENS}",
+            f"embedding.mode={mode}",
+            f"sink.uri={work / ('db-' + name)}",
+            "sink.mode=overwrite",
+            f"runtime.summary_dir={work / 'runs'}",
+            "runtime.progress_seconds=30",
+            "maintain.after_run=false",
+        ],
+    )
+    return parse_config(raw)
+
+
+def run_lateline(work: Path, source_uri: str, mode: str, name: str) -> dict[str, Any]:
+    from pipeline.runner import run_index
+
+    config = lateline_config(work, source_uri, mode, name)
+    started = time.perf_counter()
+    summary = run_index(config, job="backfill")
+    wall = time.perf_counter() - started
+    if summary["status"] != "ok":
+        raise RuntimeError(f"lateline {mode} run failed: {summary['status']} {summary.get('error')}")
+    counts, phases = summary["counts"], summary["time_s"]
+    return {
+        "wall_s": wall,
+        "docs": counts["docs_written"],
+        "chunks": counts["chunks_out"],
+        "tokens": counts["document_tokens"],
+        "forward_tokens": counts["forward_tokens"],
+        "padding_waste": summary["padding_waste"],
+        "phases_s": {"read": phases["read"], "tokenize": phases["chunk"], "forward": phases["embed"]}
+        | {"write": phases["write"], "other": wall - phases["embed"]},
+        "dtype": _dtype_of(config),
+    }
+
+
+def _dtype_of(config: Any) -> str:
+    from pipeline.model import pick_dtype
+
+    return pick_dtype(config.model.dtype, "cpu")
+
+
+def naive_chunk_texts(docs: list[dict[str, str]]) -> tuple[list[str], int]:
+    """The texts of the 128-token chunks lateline's naive mode embeds, and the documents' token count."""
+    from pipeline.chunking import chunk_spans
+    from pipeline.model import load_tokenizer, raw_tokenizer, resolve_model_path
+
+    backend = raw_tokenizer(load_tokenizer(resolve_model_path("sentence-transformers/all-MiniLM-L6-v2")))
+    texts, tokens = [], 0
+    for doc, encoding in zip(docs, backend.encode_batch([d["text"] for d in docs], add_special_tokens=False)):
+        tokens += len(encoding.ids)
+        for span in chunk_spans(doc["text"], encoding.offsets, "tokens", CHUNK_TOKENS):
+            texts.append(doc["text"][span.char_start : span.char_end])
+    return texts, tokens
+
+
+def run_sentence_transformers(docs: list[dict[str, str]], bf16: bool) -> dict[str, Any]:
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from pipeline.model import resolve_model_path
+
+    texts, doc_tokens = naive_chunk_texts(docs)
+    started = time.perf_counter()
+    kwargs = {"model_kwargs": {"dtype": torch.bfloat16}} if bf16 else {}
+    model = SentenceTransformer(resolve_model_path("sentence-transformers/all-MiniLM-L6-v2"), device="cpu", **kwargs)
+    loaded = time.perf_counter()
+    model.encode(texts, show_progress_bar=False)
+    done = time.perf_counter()
+    lengths = [len(ids) for ids in model.tokenizer(texts, truncation=True, max_length=512)["input_ids"]]
+    padded = _st_padded_tokens(texts, lengths, batch_size=32)
+    return {
+        "wall_s": done - started,
+        "docs": len(docs),
+        "chunks": len(texts),
+        "tokens": doc_tokens,
+        "forward_tokens": sum(lengths),
+        "padding_waste": 1 - sum(lengths) / padded,
+        "phases_s": {"load": loaded - started, "forward": done - loaded},
+        "dtype": "bfloat16" if bf16 else "float32",
+    }
+
+
+def _st_padded_tokens(texts: list[str], lengths: list[int], batch_size: int) -> int:
+    """Padded tokens of sentence-transformers' batching: sorted by decreasing text length, fixed batch size."""
+    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    return sum(len(batch) * max(lengths[i] for i in batch) for batch in batches)
+
+
+def run_raw_forward(docs: list[dict[str, str]]) -> dict[str, Any]:
+    """The model forward alone over lateline's late-mode sequences, packed by its batcher, in its dtype."""
+    import torch
+
+    from pipeline.batching import pack_by_token_budget
+    from pipeline.chunking import chunk_spans
+    from pipeline.config import load_config
+    from pipeline.embedding import ChunkEmbedder
+    from pipeline.model import load_model, raw_tokenizer
+
+    config = load_config(ROOT / "configs" / "local.yaml")
+    model = load_model(config.model, device="cpu")
+    backend = raw_tokenizer(model.tokenizer)
+    inputs = []
+    for doc, encoding in zip(docs, backend.encode_batch([d["text"] for d in docs], add_special_tokens=False)):
+        spans = chunk_spans(doc["text"], encoding.offsets, "tokens", CHUNK_TOKENS)
+        inputs.append((encoding.ids, [(s.token_start, s.token_end) for s in spans]))
+    embedder = ChunkEmbedder(model, "late", config.embedding.window_overlap, config.batching.max_tokens)
+    sequences = embedder.plan(inputs).sequences
+    batches = list(pack_by_token_budget([len(s) for s in sequences], config.batching.max_tokens, 256))
+    started = time.perf_counter()
+    with torch.inference_mode():
+        for batch in batches:
+            ids, mask = embedder._pad([sequences[i] for i in batch])
+            model.encoder(input_ids=ids, attention_mask=mask)
+    seconds = time.perf_counter() - started
+    lengths = [len(s) for s in sequences]
+    padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+    return {
+        "wall_s": seconds,
+        "docs": len(docs),
+        "chunks": sum(len(spans) for _, spans in inputs),
+        "tokens": sum(len(ids) for ids, _ in inputs),
+        "forward_tokens": sum(lengths),
+        "padding_waste": 1 - sum(lengths) / padded,
+        "phases_s": {"forward": seconds},
+        "dtype": model.dtype,
+        "flop_per_token": flop_per_token(model.encoder.config, lengths),
+        "matmul_peak_gflops": {dtype: matmul_peak_gflops(dtype) for dtype in ("float32", "bfloat16")},
+    }
+
+
+def flop_per_token(model_config: Any, lengths: list[int]) -> float:
+    """Forward FLOPs per token: 2 x the layer weights' multiply-adds, plus attention scores and mixing
+    (4 x hidden x sequence length per layer, at the token-weighted mean length)."""
+    hidden, layers = model_config.hidden_size, model_config.num_hidden_layers
+    dense = 2 * (4 * hidden * hidden + 2 * hidden * model_config.intermediate_size)
+    mean_length = sum(n * n for n in lengths) / max(1, sum(lengths))
+    return layers * (dense + 4 * hidden * mean_length)
+
+
+def matmul_peak_gflops(dtype: str, size: int = 2048, repeats: int = 8) -> float:
+    import torch
+
+    a = torch.randn(size, size).to(getattr(torch, dtype))
+    b = torch.randn(size, size).to(getattr(torch, dtype))
+    torch.matmul(a, b)
+    started = time.perf_counter()
+    for _ in range(repeats):
+        torch.matmul(a, b)
+    return 2 * size**3 * repeats / (time.perf_counter() - started) / 1e9
+
+
+def worker(variant: str, work: Path, scale: str) -> None:
+    """Run one variant in this process and write ``<work>/<variant>.json``."""
+    corpus = json.loads((work / f"corpus-{scale}.json").read_text())
+    source_uri = f"s3://{BUCKET}/{scale}"
+    if variant in {"late", "naive"}:
+        result = run_lateline(work, source_uri, variant, f"{variant}-{scale}")
+    elif variant.startswith("st-"):
+        result = run_sentence_transformers(corpus, bf16=variant == "st-bf16")
+    elif variant == "raw":
+        result = run_raw_forward(corpus)
+    else:
+        raise ValueError(f"unknown variant {variant!r}")
+    (work / f"{variant}-{scale}.json").write_text(json.dumps(result))
+
+
+# --- the parent: prepare, run each variant in a subprocess, report -----------------------------------------
+def run_variant(variant: str, work: Path, scale: str, env: dict[str, str]) -> dict[str, Any]:
+    command = [sys.executable, __file__, "--worker", variant, "--work", str(work), "--scale", scale]
+    print(f"  running {variant} ({scale}) ...", flush=True)
+    process = subprocess.Popen(command, env=env, cwd=ROOT)
+    memory = PeakMemory(process.pid)
+    code = process.wait()
+    peak = memory.stop()
+    if code != 0:
+        raise RuntimeError(f"variant {variant} exited with {code}")
+    result = json.loads((work / f"{variant}-{scale}.json").read_text())
+    result["peak_memory_mib"] = peak / 2**20
+    for unit in ("tokens", "docs", "chunks"):
+        result[f"{unit}_per_s"] = result[unit] / result["wall_s"]
+    print(f"    {result['wall_s']:.1f} s, {result['tokens_per_s']:.0f} tokens/s", flush=True)
+    return result
+
+
+def ratios(results: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """Speed ratios (higher = lateline faster) and the memory ratio, for what was run."""
+    out = {}
+
+    def speed(a: str, b: str) -> float:
+        return results[b]["wall_s"] / results[a]["wall_s"]
+
+    for other in ("st-default", "st-bf16"):
+        for mode in ("late", "naive"):
+            if mode in results and other in results:
+                out[f"{mode}_vs_{other.replace('-', '_')}"] = speed(mode, other)
+    if "late" in results and "raw" in results:
+        out["late_share_of_ceiling"] = speed("late", "raw")
+        raw = results["raw"]
+        peak = raw["matmul_peak_gflops"][raw["dtype"]] * 1e9
+        for name in ("late", "raw"):
+            out[f"mfu_{name}"] = (
+                results[name]["forward_tokens"] / results[name]["wall_s"] * raw["flop_per_token"] / peak
+            )
+    if "memory-1x" in results and "memory-10x" in results:
+        out["memory_10x_over_1x"] = results["memory-10x"]["peak_memory_mib"] / results["memory-1x"]["peak_memory_mib"]
+    return out
+
+
+def print_table(results: dict[str, dict[str, Any]], found: dict[str, float]) -> None:
+    header = f"{'variant':<12} {'dtype':<9} {'wall s':>8} {'tok/s':>8} {'docs/s':>7} {'chunks/s':>9} "
+    print("\n" + header + f"{'pad waste':>9} {'peak MiB':>9}  phases (s)")
+    for name, r in results.items():
+        phases = " ".join(f"{k}={v:.1f}" for k, v in r["phases_s"].items())
+        print(
+            f"{name:<12} {r['dtype']:<9} {r['wall_s']:>8.1f} {r['tokens_per_s']:>8.0f} {r['docs_per_s']:>7.1f} "
+            f"{r['chunks_per_s']:>9.1f} {r['padding_waste']:>9.1%} {r['peak_memory_mib']:>9.0f}  {phases}"
+        )
+    print()
+    for name, value in found.items():
+        target = TARGETS.get(name)
+        check = "" if target is None else (f"  target {'<=' if 'memory' in name else '>='} {target}: ")
+        if target is not None:
+            held = value <= target if "memory" in name else value >= target
+            check += "holds" if held else "MISSED"
+        print(f"{name:<28} {value:6.3f}{check}")
+
+
+def plot(results: dict[str, dict[str, Any]], found: dict[str, float], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n in results if not n.startswith("memory")]
+    figure, axes = plt.subplots(1, 3, figsize=(16, 4.8))
+    for axis, key, label in ((axes[0], "docs_per_s", "documents / s"), (axes[1], "tokens_per_s", "tokens / s")):
+        values = [results[n][key] for n in names]
+        bars = axis.bar(names, values, color=["#2a6f97" if n in {"late", "naive"} else "#999999" for n in names])
+        axis.bar_label(bars, fmt="%.0f" if key == "tokens_per_s" else "%.1f")
+        axis.set_title(label)
+        axis.tick_params(axis="x", rotation=30)
+    memory = [n for n in results if n.startswith("memory")] or names
+    bars = axes[2].bar(memory, [results[n]["peak_memory_mib"] for n in memory], color="#7a9e7e")
+    axes[2].bar_label(bars, fmt="%.0f")
+    axes[2].set_title("peak memory (PSS of the process tree), MiB")
+    lines = [f"{k} = {v:.2f}" for k, v in found.items()]
+    figure.suptitle(title + "\n" + ",  ".join(lines), fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--docs", type=int, default=300, help="documents in the corpus (targets: 2000)")
+    parser.add_argument("--memory-docs", type=int, default=100, help="1x size of the memory check (0: skip)")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list of {', '.join(VARIANTS)}")
+    parser.add_argument("--out", default="eval-results/throughput", help="directory for JSON and PNG")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--work", help=argparse.SUPPRESS)
+    parser.add_argument("--scale", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        worker(args.worker, Path(args.work), args.scale)
+        return 0
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        parser.error(f"--variants: unknown {unknown} (allowed: {', '.join(VARIANTS)})")
+    return benchmark(args, variants)
+
+
+def benchmark(args: argparse.Namespace, variants: list[str]) -> int:
+    work = Path(tempfile.mkdtemp(prefix="lateline-throughput-"))
+    moto, endpoint = start_moto()
+    env = {**os.environ, **CREDENTIALS, "AWS_ENDPOINT_URL": endpoint, "HF_HUB_OFFLINE": "1"}
+    try:
+        fs = s3_filesystem(endpoint)
+        fs.mkdir(BUCKET)
+        scales = {"main": args.docs}
+        if "memory" in variants and args.memory_docs:
+            scales |= {"memory-1x": args.memory_docs, "memory-10x": 10 * args.memory_docs}
+        for scale, n_docs in scales.items():
+            docs = make_corpus(n_docs, args.seed)
+            (work / f"corpus-{scale}.json").write_text(json.dumps(docs))
+            write_jsonl_shards(docs, fs, f"{BUCKET}/{scale}")
+        print(f"corpus: {args.docs} docs of pydoc prose in s3://{BUCKET}/main ({endpoint}); work dir {work}")
+        results = {v: run_variant(v, work, "main", env) for v in variants if v != "memory"}
+        if len(scales) > 1:
+            for scale in ("memory-1x", "memory-10x"):
+                results[scale] = run_variant("late", work, scale, env)
+    finally:
+        moto.terminate()
+    found = ratios(results)
+    print_table(results, found)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    machine = {"cpus": os.cpu_count(), "torch_threads": _torch_threads()}
+    report = {"docs": args.docs, "machine": machine, "results": results, "ratios": found, "targets": TARGETS}
+    (out / "throughput.json").write_text(json.dumps(report, indent=2))
+    plot(results, found, out / "throughput.png", f"lateline throughput, {args.docs} docs, {os.cpu_count()} CPUs")
+    print(f"\nwrote {out / 'throughput.json'} and {out / 'throughput.png'}")
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
