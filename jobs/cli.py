@@ -11,6 +11,10 @@ JOBS = {
     "search": "search a table with the model that built it",
     "deadletter": "list or replay records that could not be indexed",
     "maintain": "compact, clean up old versions, build indexes",
+    "reembed": "build another model's vectors from the stored chunks, into a new table",
+    "compare": "upgrade report: the serving table vs a re-embedded one",
+    "promote": "switch sink.table (an alias) to another table, atomically",
+    "rollback": "switch sink.table back to the table that served before",
     "eval": "retrieval quality on a BEIR dataset: no chunking vs naive vs late",
 }
 

@@ -8,8 +8,10 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from pipeline.aliases import follow
 from pipeline.config import ConfigError, JobConfig, load_config
 from pipeline.lock import TableLocked
+from pipeline.reembed import ReembedError
 from pipeline.runner import EXIT_CODES
 from pipeline.sink import TableMismatch
 from pipeline.sources import SourceError
@@ -30,21 +32,30 @@ def config_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> tuple[argparse.Namespace, JobConfig | int]:
+def parse(
+    parser: argparse.ArgumentParser, argv: list[str] | None, serving: bool = True
+) -> tuple[argparse.Namespace, JobConfig | int]:
     """Parse the command line and load its config: ``(args, config)``, or ``(args, 2)`` after printing why."""
     args = parser.parse_args(argv)
-    return args, load_or_exit(args)
+    return args, load_or_exit(args, serving)
 
 
-def load_or_exit(args: argparse.Namespace) -> JobConfig | int:
-    """The validated config, or exit code 2 after printing every problem to stderr."""
+def load_or_exit(args: argparse.Namespace, serving: bool = True) -> JobConfig | int:
+    """The validated config, or exit code 2 after printing every problem to stderr. With ``serving``, a
+    ``sink.table`` that is an alias is resolved to the table it serves (see :func:`pipeline.aliases.follow`)."""
     try:
-        return load_config(args.config, args.overrides)
+        config = load_config(args.config, args.overrides)
     except ConfigError as exc:
         print(f"config error in {args.config}:", file=sys.stderr)
         for line in str(exc).splitlines():
             print(f"  {line}", file=sys.stderr)
         return EXIT_CODES["config"]
+    if not serving:
+        return config
+    config, line = follow(config)
+    if line:
+        print(line, file=sys.stderr)
+    return config
 
 
 def fail(message: str, code: str) -> int:
@@ -57,7 +68,7 @@ def run_writing_job(job: str, work: Callable[[], dict[str, Any]]) -> int:
     """Run a job that writes the table; print the summary's head; map failures to exit codes."""
     try:
         summary = work()
-    except (SourceError, TableMismatch) as exc:
+    except (SourceError, TableMismatch, ReembedError) as exc:
         return fail(str(exc), "config")
     except TableLocked as exc:
         return fail(str(exc), "locked")

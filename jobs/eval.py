@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("eval-results"), help="output folder (default eval-results)")
     p.add_argument("--chunk-sizes", type=_sizes, default=None, help="comma-separated chunk sizes (default: config)")
     p.add_argument("--table", help="evaluate this existing table instead of indexing the corpus")
-    args, config = parse(p, argv)
+    args, config = parse(p, argv, serving=False)
     if isinstance(config, int):
         return config
     try:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -168,3 +168,38 @@ def _join_previous_or_keep(merged: list[tuple[int, int]], small: tuple[int, int]
         merged[-1] = (merged[-1][0], small[1])
     else:
         merged.append(small)
+
+
+def token_spans_for_chars(offsets: Offsets, char_spans: Sequence[tuple[int, int]]) -> list[Span]:
+    """Spans for given char ranges (a re-embed keeps the stored chunks): each ``[char_start, char_end)`` keeps
+    its char offsets and gets the tokens that overlap it (a token ending after ``char_start`` and starting
+    before ``char_end``). A range no token overlaps gets an empty token span (``token_start == token_end``)."""
+    token_starts = [start for start, _ in offsets]
+    token_ends = [end for _, end in offsets]
+    spans = []
+    for char_start, char_end in char_spans:
+        first = bisect_right(token_ends, char_start)
+        last = max(first, bisect_left(token_starts, char_end))
+        spans.append(Span(char_start, char_end, first, last))
+    return spans
+
+
+def rebuild_text(chunks: Sequence[tuple[int, int, str]]) -> str:
+    """A document's text from its stored chunks ``(char_start, char_end, text)`` (any order, may overlap).
+
+    Every chunk's text lands at its char offsets, so ``text[char_start:char_end]`` is each chunk again and all
+    token positions are preserved. The gaps between chunks held only whitespace (chunk spans run from a token's
+    start to a token's end), which is not stored: a one-char gap becomes a space, a longer one a blank line
+    (the usual paragraph break), which only a ``paragraphs`` re-chunk can notice.
+    """
+    parts: list[str] = []
+    position = 0
+    for char_start, char_end, text in sorted(chunks):
+        if char_start > position:
+            gap = char_start - position
+            parts.append(" " if gap == 1 else "\n" + " " * (gap - 2) + "\n")
+            position = char_start
+        if char_end > position:
+            parts.append(text[position - char_start :])
+            position = char_end
+    return "".join(parts)

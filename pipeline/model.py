@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import ModelConfig
+from pipeline.model_store import localize_model
 from pipeline.pooling import Frame
 
 log = logging.getLogger(__name__)
@@ -29,9 +30,11 @@ _BUNDLED = {
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
 
 
-def resolve_model_path(name_or_path: str) -> str:
-    """A local directory for ``name_or_path`` when there is one (the path itself, or the bundled copy of a
-    known model); otherwise the name unchanged, for transformers to fetch from a hub."""
+def resolve_model_path(name_or_path: str, storage_options: dict[str, Any] | None = None) -> str:
+    """A local directory for ``name_or_path`` when there is one (an object-storage URI's node-local copy, the
+    path itself, or the bundled copy of a known model); otherwise the name unchanged, for transformers to fetch
+    from a hub."""
+    name_or_path = localize_model(name_or_path, storage_options)
     if Path(name_or_path).expanduser().is_dir():
         return str(Path(name_or_path).expanduser().resolve())
     package = _BUNDLED.get(name_or_path)
@@ -186,17 +189,24 @@ def describe_model(config: ModelConfig, document_prefix: str = "") -> tuple[Any,
     """Tokenizer, frame, window and identity without loading weights (cheap; used by the driver and chunker)."""
     from transformers import AutoConfig
 
-    path = resolve_model_path(config.name_or_path)
+    path = resolve_model_path(config.name_or_path, config.storage_options)
     tokenizer = load_tokenizer(path, config.revision, config.trust_remote_code)
     model_config = AutoConfig.from_pretrained(
         path, revision=config.revision, trust_remote_code=config.trust_remote_code
     )
     max_length = window_length(model_config, tokenizer, config.max_length)
     pooling = pooling_of(path)
-    if pooling != "mean":
+    if pooling == "cls":
         warnings.warn(
-            f"model {config.name_or_path!r} states {pooling} pooling; late chunking is meant for mean-pooled "
-            "encoders, chunk vectors may be poor",
+            f"model {config.name_or_path!r} states CLS pooling: queries and naive chunks use it, but late "
+            "chunking pools each chunk's token span by its mean, which is what it is meant for (mean-pooled "
+            "encoders); late chunk vectors of a CLS model may be poor",
+            stacklevel=2,
+        )
+    elif pooling != "mean":
+        warnings.warn(
+            f"model {config.name_or_path!r} states {pooling} pooling, which lateline does not implement; "
+            "mean pooling is used",
             stacklevel=2,
         )
     identity = ModelIdentity(
@@ -221,7 +231,7 @@ def load_model(config: ModelConfig, document_prefix: str = "", device: str | Non
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer, frame, max_length, identity = describe_model(config, document_prefix)
-    path = resolve_model_path(config.name_or_path)
+    path = resolve_model_path(config.name_or_path, config.storage_options)
     encoder = AutoModel.from_pretrained(path, revision=config.revision, trust_remote_code=config.trust_remote_code)
     encoder.eval().to(device)
     dtype = pick_dtype(config.dtype, device)

@@ -56,10 +56,9 @@ def build_dataset(
     """The lazy Ray Dataset of embedded chunk rows (``schema.embedded_schema``) for ``objects``. ``known``
     (doc id -> fingerprint, or an object ref to it) lets readers drop unchanged documents."""
     import ray
-    from ray.data import ActorPoolStrategy, DataContext
+    from ray.data import DataContext
 
     DataContext.get_current().enable_progress_bars = config.runtime.ray_progress_bars
-    block = config.batching.docs_per_block
     dataset = ray.data.from_items(objects_table(objects), override_num_blocks=max(1, min(len(objects), 10_000)))
     # Reading and chunking ask for half a CPU: a resource shape unlike the actors' keeps Ray from fusing them
     # into the embedding actors, so tokenizing runs beside the forward passes instead of before each one.
@@ -70,6 +69,15 @@ def build_dataset(
         num_cpus=CPU_TASK_CPUS,
         fn_kwargs={"source": config.source, "settings_digest": settings_digest, "known": known, "stats": stats},
     )
+    return embed_documents(dataset, config, actors, stats, limit)
+
+
+def embed_documents(dataset: Any, config: JobConfig, actors: ActorPlan, stats: Any = None, limit: int | None = None):
+    """The shared tail of every plan: ``DOCUMENTS`` blocks -> (limit) -> blocks of ``docs_per_block`` ->
+    tokenize and chunk (tasks) -> embed (actor pool) -> ``embedded_schema`` rows."""
+    from ray.data import ActorPoolStrategy
+
+    block = config.batching.docs_per_block
     if limit is not None:
         dataset = dataset.limit(limit)
     # Ray merges a task's outputs into blocks of up to 128 MiB: one large file would reach the embedding actors,
@@ -99,3 +107,34 @@ def build_dataset(
             "stats": stats,
         },
     )
+
+
+def build_reembed_dataset(
+    config: JobConfig,
+    stored: Any,
+    fragment_ids: list[int],
+    settings_digest: str,
+    actors: ActorPlan,
+    stats: Any = None,
+    known: Any = None,
+    limit: int | None = None,
+) -> Any:
+    """The lazy Ray Dataset of a re-embed: the stored table's fragments (``stored``: a
+    :class:`pipeline.reembed.StoredTable`) are read in tasks and rebuilt into documents, then embedded with
+    ``config``'s model like any other source."""
+    import ray
+    from ray.data import DataContext
+
+    from pipeline.reembed import read_stored_documents
+
+    DataContext.get_current().enable_progress_bars = config.runtime.ray_progress_bars
+    items = [{"fragment_id": fragment} for fragment in fragment_ids]
+    dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 10_000)))
+    dataset = dataset.map_batches(
+        read_stored_documents,
+        batch_size=1,
+        batch_format="pyarrow",
+        num_cpus=CPU_TASK_CPUS,
+        fn_kwargs={"stored": stored, "settings_digest": settings_digest, "known": known, "stats": stats},
+    )
+    return embed_documents(dataset, config, actors, stats, limit)

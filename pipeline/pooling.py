@@ -111,13 +111,19 @@ def plan_late(
 
 
 def plan_naive(
-    docs: Sequence[tuple[Sequence[int], Sequence[tuple[int, int]]]], frame: Frame, capacity: int
+    docs: Sequence[tuple[Sequence[int], Sequence[tuple[int, int]]]],
+    frame: Frame,
+    capacity: int,
+    pooling: str = "mean",
 ) -> EncodePlan:
-    """Naive chunking: every span is its own input (truncated to ``capacity``), mean-pooled over the whole
-    input, special tokens included, as sentence-transformers pools a sentence."""
+    """Naive chunking: every span is its own input (truncated to ``capacity``), pooled the way the model pools a
+    sentence: ``mean`` over the whole input, special tokens included (as sentence-transformers does), or ``cls``,
+    the state at the first position."""
     sequences: list[list[int]] = []
     for input_ids, spans in docs:
         sequences.extend(frame.wrap(input_ids[start : min(end, start + capacity)]) for start, end in spans)
+    if pooling == "cls":
+        return EncodePlan(sequences, [Piece(i, i, 0, 1) for i in range(len(sequences))], [1] * len(sequences))
     pieces = [Piece(i, i, 0, len(seq)) for i, seq in enumerate(sequences)]
     return EncodePlan(sequences, pieces, [len(seq) for seq in sequences])
 

@@ -16,6 +16,7 @@ The run summary (``<runtime.summary_dir>/<run_id>/summary.json``, path printed) 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ import time
 import uuid
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -41,7 +43,7 @@ from pipeline.lock import TableLock
 from pipeline.manifest import ObjectManifest, unchanged_objects
 from pipeline.model import ModelIdentity, describe_model
 from pipeline.plan import ActorPlan, build_dataset, size_actor_pool
-from pipeline.sink import LanceSink
+from pipeline.sink import LanceSink, recorded_sections
 from pipeline.sources import SourceObject, list_source_objects
 from pipeline.stages import RunStats, split_skips
 
@@ -131,6 +133,7 @@ class RunContext:
 def prepare(config: JobConfig, job: str, objects: list[SourceObject] | None, limit: int | None) -> RunContext:
     """Describe the model, settle the settings and list the source. Raises ``SourceError`` on a bad source."""
     _, _, _, identity = describe_model(config.model, config.embedding.document_prefix)
+    identity = dataclasses.replace(identity, dtype=config.sink.vector_dtype)
     settings = embedding_settings(config.chunking, config.embedding, identity)
     objects = list_source_objects(config.source) if objects is None else objects
     return RunContext(config, job, new_run_id(), identity, settings, objects, limit)
@@ -153,7 +156,8 @@ def run_index(
             dead_letters.flush()
             lock.refresh()
 
-        sink = LanceSink(config.sink, context.identity, context.settings, on_commit=on_commit)
+        sections = recorded_sections(config)
+        sink = LanceSink(config.sink, context.identity, context.settings, on_commit=on_commit, sections=sections)
         summary = _execute(context, sink, dead_letters)
     if config.maintain.after_run:  # after the lock is released: maintain takes it itself
         from pipeline.maintain import maintain
@@ -184,7 +188,11 @@ def _execute(context: RunContext, sink: LanceSink, dead_letters: DeadLetterLog) 
     actors, counters = None, {}
     try:
         if to_read:
-            actors, counters = _stream(context, to_read, digest, known, sink, dead_letters, tally)
+
+            def build(actors: ActorPlan, stats: Any, known_ref: Any) -> Any:
+                return build_dataset(config, to_read, digest, actors, stats, known_ref, context.limit)
+
+            actors, counters = _stream(context, build, known, sink, dead_letters, tally)
         outcome["written"] = sink.close()
         outcome["deleted"] = _delete_missing(context, sink, known, tally)
         if context.limit is None:
@@ -205,21 +213,21 @@ def _execute(context: RunContext, sink: LanceSink, dead_letters: DeadLetterLog) 
 
 def _stream(
     context: RunContext,
-    objects: list[SourceObject],
-    digest: str,
+    build: Callable[[ActorPlan, Any, Any], Any],
     known: dict,
     sink: LanceSink,
     dead_letters: DeadLetterLog,
     tally: Tally,
 ) -> tuple[ActorPlan, dict[str, float]]:
-    """Start (or join) Ray, run the plan over ``objects`` and feed its output to the sink as it streams."""
+    """Start (or join) Ray, build the plan (``build(actors, stats, known_ref)``) and feed its output to the
+    sink as it streams."""
     config = context.config
     ray = _init_ray()
     cluster = ray.cluster_resources()
     actors = size_actor_pool(config.runtime, cluster.get("CPU", 1), cluster.get("GPU", 0))
     stats = ray.remote(num_cpus=0)(RunStats).remote()
     known_ref = ray.put({doc: fingerprint for doc, (fingerprint, _) in known.items()})
-    dataset = build_dataset(config, objects, digest, actors, stats, known_ref, context.limit)
+    dataset = build(actors, stats, known_ref)
     stop = threading.Event()
     heartbeat = threading.Thread(target=_heartbeat, args=(stop, tally, sink, ray, stats), daemon=True)
     heartbeat.start()

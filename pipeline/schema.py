@@ -18,6 +18,7 @@ ERROR = "error"  # reason code of a record that is skipped; null for a good reco
 ERROR_DETAIL = "error_detail"  # where (file line / row) and what went wrong
 SNIPPET = "snippet"  # the start of the raw record, for dead letters
 DOC_FINGERPRINT = "doc_fingerprint"
+CONTENT_SHA256 = "content_sha256"  # sha256 of text + metadata: lets a re-embed keep fingerprints comparable
 UNCHANGED = "unchanged"  # the ``error`` of a document whose fingerprint the table already holds (not a failure)
 
 DOCUMENTS = pa.schema(
@@ -30,6 +31,7 @@ DOCUMENTS = pa.schema(
         pa.field(ERROR_DETAIL, pa.string()),
         pa.field(SNIPPET, pa.string()),
         pa.field(DOC_FINGERPRINT, pa.string()),
+        pa.field(CONTENT_SHA256, pa.string()),
     ]
 )
 
@@ -66,8 +68,12 @@ MODEL = "model"
 TABLE_METADATA_KEY = b"lateline"  # JSON: model identity and embedding settings the table was built with
 
 
-def chunk_schema(dim: int) -> pa.Schema:
-    """Schema of the stored table: one row per chunk, ``vector`` a fixed-size float32 list of ``dim``."""
+VECTOR_TYPES = {"float32": pa.float32(), "float16": pa.float16()}
+
+
+def chunk_schema(dim: int, vector_dtype: str = "float32") -> pa.Schema:
+    """Schema of the stored table: one row per chunk, ``vector`` a fixed-size list of ``dim`` floats
+    (``float32``, or ``float16`` at half the size)."""
     return pa.schema(
         [
             pa.field(CHUNK_ID, pa.string(), nullable=False),
@@ -79,11 +85,12 @@ def chunk_schema(dim: int) -> pa.Schema:
             pa.field(CHAR_END, pa.int32()),
             pa.field(TOKEN_START, pa.int32()),
             pa.field(TOKEN_END, pa.int32()),
-            pa.field(VECTOR, pa.list_(pa.float32(), dim)),
+            pa.field(VECTOR, pa.list_(VECTOR_TYPES[vector_dtype], dim)),
             pa.field(MODEL, pa.string()),
             pa.field(DOC_FINGERPRINT, pa.string()),
             pa.field(SOURCE_URI, pa.string()),
             pa.field(METADATA, pa.string()),
+            pa.field(CONTENT_SHA256, pa.string()),
         ]
     )
 

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import schema
-from pipeline.config import SinkConfig
+from pipeline.config import SinkConfig, redacted
 from pipeline.model import ModelIdentity
 
 DELETE_BATCH = 500
@@ -35,9 +35,23 @@ class TableMismatch(RuntimeError):
     """The table was built with another model or other settings than this job's."""
 
 
-def table_record(identity: ModelIdentity, settings: dict) -> dict[str, Any]:
-    """What a table records about how its vectors were made."""
-    return {"model": identity.to_json(), "settings": settings}
+def table_record(identity: ModelIdentity, settings: dict, sections: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What a table records about how its vectors were made: the model identity, the embedding settings, and
+    the config sections that write more rows like them (``model``, ``chunking``, ``embedding``,
+    ``sink.vector_dtype``; what an alias hands to the jobs that follow it)."""
+    return {"model": identity.to_json(), "settings": settings, "config": sections or {}}
+
+
+def recorded_sections(config: Any) -> dict[str, Any]:
+    """The parts of a job config a table records (see :func:`table_record`)."""
+    # Secret-looking storage options are masked (the record is readable by anyone who can read the table);
+    # credentials belong in the environment.
+    return {
+        "model": redacted(config)["model"],
+        "chunking": config.chunking.model_dump(),
+        "embedding": config.embedding.model_dump(),
+        "vector_dtype": config.sink.vector_dtype,
+    }
 
 
 def read_table_record(table: Any) -> dict[str, Any] | None:
@@ -57,15 +71,21 @@ def check_model(table_name: str, stored: dict[str, Any] | None, identity: ModelI
     if not same_model:
         raise TableMismatch(
             f"table {table_name!r} holds vectors of model {model['name']}@{model['fingerprint']} (dim {model['dim']}), "
-            f"this job uses {identity.label} (dim {identity.dim}). Search with the table's model "
-            f"(--set model.name_or_path=...), or write the new model's vectors to another table "
-            f"(--set sink.table=...) or start afresh (--set sink.mode=overwrite)."
+            f"this job uses {identity.label} (dim {identity.dim}). Use the table's model "
+            f"(--set model.name_or_path=...); to move the table to the new model, build its vectors beside it "
+            f"with `lateline reembed --config <new-model.yaml>` and switch with `lateline promote`."
         )
 
 
 def check_compatible(table_name: str, stored: dict[str, Any] | None, identity: ModelIdentity, settings: dict) -> None:
     """:func:`check_model`, and the same chunking/embedding settings (what writing needs)."""
     check_model(table_name, stored, identity)
+    stored_dtype = stored["model"].get("dtype", "float32")
+    if stored_dtype != identity.dtype:
+        raise TableMismatch(
+            f"table {table_name!r} stores {stored_dtype} vectors; this job asks for {identity.dtype} "
+            f"(sink.vector_dtype). Keep sink.vector_dtype={stored_dtype}, or rebuild with --set sink.mode=overwrite."
+        )
     if stored.get("settings") != settings:
         raise TableMismatch(
             f"table {table_name!r} was built with other chunking/embedding settings {stored.get('settings')}; "
@@ -112,14 +132,24 @@ def sql_list(values: list[str]) -> str:
 class LanceSink:
     """Writes :class:`~pipeline.stages.EmbedChunks` output (skip rows removed) to one LanceDB table."""
 
-    def __init__(self, config: SinkConfig, identity: ModelIdentity, settings: dict, on_commit: Any = None) -> None:
+    def __init__(
+        self,
+        config: SinkConfig,
+        identity: ModelIdentity,
+        settings: dict,
+        on_commit: Any = None,
+        sections: dict[str, Any] | None = None,
+    ) -> None:
         self.config = config
         self.on_commit = on_commit  # called after every commit (dead letters, lock heartbeat)
-        self.schema = schema.chunk_schema(identity.dim).with_metadata(
-            {schema.TABLE_METADATA_KEY: json.dumps(table_record(identity, settings))}
+        self.schema = schema.chunk_schema(identity.dim, config.vector_dtype).with_metadata(
+            {schema.TABLE_METADATA_KEY: json.dumps(table_record(identity, settings, sections))}
         )
         self.db = connect(config.uri, config.storage_options)
         self.table = self._open(identity, settings)
+        if self.table is not None and schema.CONTENT_SHA256 not in self.table.schema.names:
+            # A table from before content hashes were stored: keep writing its columns.
+            self.schema = pa.schema([f for f in self.schema if f.name != schema.CONTENT_SHA256], self.schema.metadata)
         self.created_here = self.table is None
         self.partial: dict[str, list[pa.Table]] = defaultdict(list)
         self.ready: list[pa.Table] = []
@@ -153,7 +183,7 @@ class LanceSink:
 
     def write(self, chunks: pa.Table) -> list[dict[str, Any]]:
         """Queue chunk rows; commit when a bound is reached. Returns rows of duplicate documents dropped."""
-        complete, duplicates = self._complete_documents(chunks.cast(self.schema))
+        complete, duplicates = self._complete_documents(chunks.select(self.schema.names).cast(self.schema))
         if complete.num_rows:
             self.ready.append(complete)
             self.ready_rows += complete.num_rows

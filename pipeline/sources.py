@@ -154,13 +154,17 @@ def read_objects(
 
 
 def fingerprinted(doc: dict[str, Any], settings_digest: str, known: Mapping[str, str]) -> dict[str, Any]:
-    """``doc`` with its fingerprint; turned into an ``unchanged`` marker when ``known`` has that fingerprint."""
+    """``doc`` with its content hash and fingerprint; turned into an ``unchanged`` marker (text dropped) when
+    ``known`` has that fingerprint. A ``doc`` that already carries its content hash (a re-embed, whose text is
+    rebuilt from stored chunks) keeps it, so fingerprints stay those of the original source."""
     if doc[schema.ERROR] is not None:
         return doc
-    fingerprint = document_fingerprint(content_hash(doc[schema.TEXT], doc[schema.METADATA]), settings_digest)
+    content = doc.get(schema.CONTENT_SHA256) or content_hash(doc[schema.TEXT], doc[schema.METADATA])
+    fingerprint = document_fingerprint(content, settings_digest)
+    marked = {**doc, schema.DOC_FINGERPRINT: fingerprint, schema.CONTENT_SHA256: content}
     if known.get(doc[schema.DOC_ID]) == fingerprint:
-        return {**doc, schema.TEXT: None, schema.ERROR: schema.UNCHANGED, schema.DOC_FINGERPRINT: fingerprint}
-    return {**doc, schema.DOC_FINGERPRINT: fingerprint}
+        return {**marked, schema.TEXT: None, schema.ERROR: schema.UNCHANGED}
+    return marked
 
 
 RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
@@ -307,6 +311,7 @@ def record_to_document(
         schema.ERROR_DETAIL: None,
         schema.SNIPPET: None,
         schema.DOC_FINGERPRINT: None,
+        schema.CONTENT_SHA256: None,
     }
 
 
@@ -323,6 +328,7 @@ def skipped(uri: str, reason: str, detail: str, raw: bytes | str = b"", doc_id: 
         schema.ERROR_DETAIL: detail,
         schema.SNIPPET: snippet.strip()[:SNIPPET_CHARS] or None,
         schema.DOC_FINGERPRINT: None,
+        schema.CONTENT_SHA256: None,
     }
 
 

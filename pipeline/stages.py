@@ -11,6 +11,7 @@ batch goes on. Every stage reports counters to the run's :class:`RunStats` with 
 
 from __future__ import annotations
 
+import json
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import schema
-from pipeline.chunking import chunk_spans
+from pipeline.chunking import Span, chunk_spans, token_spans_for_chars
 from pipeline.config import BatchingConfig, ChunkingConfig, EmbeddingConfig, ModelConfig, SourceConfig
 from pipeline.embedding import ChunkEmbedder, is_out_of_memory
 from pipeline.model import load_model, load_tokenizer, raw_tokenizer, resolve_model_path
@@ -91,15 +92,21 @@ class ChunkSettings:
     chunking: ChunkingConfig
 
 
-@lru_cache(maxsize=4)
 def _document_tokenizer(model: ModelConfig) -> Any:
-    path = resolve_model_path(model.name_or_path)
-    return raw_tokenizer(load_tokenizer(path, model.revision, model.trust_remote_code))
+    options = json.dumps(model.storage_options, sort_keys=True, default=str)
+    return _cached_tokenizer(model.name_or_path, model.revision, model.trust_remote_code, options)
+
+
+@lru_cache(maxsize=4)
+def _cached_tokenizer(name_or_path: str, revision: str | None, trust_remote_code: bool, options: str) -> Any:
+    path = resolve_model_path(name_or_path, json.loads(options))
+    return raw_tokenizer(load_tokenizer(path, revision, trust_remote_code))
 
 
 def chunk_documents(batch: pa.Table, settings: ChunkSettings, stats: Any = None) -> pa.Table:
     """Tokenize each good document (no special tokens, char offsets) and attach its chunk spans. A document
-    without tokens becomes a ``no_tokens`` skip."""
+    without tokens becomes a ``no_tokens`` skip. Input columns: ``DOCUMENTS``, optionally ``char_starts`` /
+    ``char_ends`` with chunk ranges to keep (see :func:`_spans_of`)."""
     schema.require_columns(batch, schema.DOCUMENTS, "chunk_documents")
     started = time.perf_counter()
     rows = batch.to_pylist()
@@ -108,9 +115,13 @@ def chunk_documents(batch: pa.Table, settings: ChunkSettings, stats: Any = None)
     for row, encoding in zip(good, _tokenize(settings.model, good)):
         if encoding is None:
             continue
-        spans = chunk_spans(row[schema.TEXT], encoding.offsets, **_chunk_args(settings.chunking))
+        spans = _spans_of(row, encoding.offsets, settings.chunking)
         if not spans:
             row.update({schema.ERROR: "no_tokens", schema.ERROR_DETAIL: "the tokenizer found no tokens"})
+            continue
+        if any(span.token_end == span.token_start for span in spans):
+            detail = "a stored chunk has no tokens under this model's tokenizer; re-chunk (change chunking)"
+            row.update({schema.ERROR: "span_without_tokens", schema.ERROR_DETAIL: detail})
             continue
         tokens += len(encoding.ids)
         _attach_chunks(row, encoding.ids, spans)
@@ -136,6 +147,14 @@ def _tokenize(model: ModelConfig, rows: list[dict[str, Any]]) -> list[Any]:
                 row[schema.ERROR], row[schema.ERROR_DETAIL] = "tokenize_failed", f"{type(exc).__name__}: {exc}"
                 encodings.append(None)
         return encodings
+
+
+def _spans_of(row: dict[str, Any], offsets: list[tuple[int, int]], chunking: ChunkingConfig) -> list[Span]:
+    """The chunker's spans; or, for a row that brings its chunks' char ranges (a re-embed keeping the stored
+    chunks), those ranges with this tokenizer's token offsets."""
+    if row.get(schema.CHAR_STARTS):
+        return token_spans_for_chars(offsets, list(zip(row[schema.CHAR_STARTS], row[schema.CHAR_ENDS])))
+    return chunk_spans(row[schema.TEXT], offsets, **_chunk_args(chunking))
 
 
 def _chunk_args(chunking: ChunkingConfig) -> dict[str, Any]:
@@ -228,6 +247,7 @@ class EmbedChunks:
                 schema.DOC_FINGERPRINT: row[schema.DOC_FINGERPRINT],
                 schema.SOURCE_URI: row[schema.SOURCE_URI],
                 schema.METADATA: row[schema.METADATA],
+                schema.CONTENT_SHA256: row[schema.CONTENT_SHA256],
             }
 
     @staticmethod

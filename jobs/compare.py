@@ -1,0 +1,69 @@
+"""``lateline compare``: the upgrade report between the serving table and a new one (by default the re-embed
+table of the config's model): top-k overlap on a sample of queries, score distributions, row-count parity and
+documents missing on either side. Each table is searched with its own model. Writes compare.json, compare.md
+and compare.png; exits 0 when every check of the verdict passes, 1 when one fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from jobs.common import config_arguments, fail, parse
+from jobs.promote import default_table
+from pipeline.aliases import pointed_at, serving_table
+from pipeline.compare import QueryFileError, compare_report, load_queries, sample_queries, table_side, write_report
+from pipeline.runner import EXIT_CODES
+from pipeline.search import search
+from pipeline.sink import TableMismatch, connect, table_names
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lateline compare", description=__doc__)
+    config_arguments(p)
+    p.add_argument("--old", help="the old table (default: the one sink.table serves)")
+    p.add_argument("--new", help="the new table (default: the re-embed table of the config's model)")
+    p.add_argument("--queries", help="queries file: .jsonl with text/query fields, or one query per line")
+    p.add_argument("--sample", type=int, default=50, help="queries sampled from the old table's chunks (default 50)")
+    p.add_argument("-k", type=int, default=10, help="top k compared (default 10)")
+    p.add_argument("--min-overlap", type=float, default=0.5, help="verdict: least mean document overlap@k")
+    p.add_argument("--out", default="compare-results", help="directory for compare.json/.md/.png")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, config = parse(parser(), argv, serving=False)
+    if isinstance(config, int):
+        return config
+    if args.k <= 0 or args.sample <= 0:
+        return fail(f"-k and --sample must be > 0 (got {args.k}, {args.sample})", "config")
+    db = connect(config.sink.uri, config.sink.storage_options)
+    old_name = args.old or serving_table(db, config.sink.table)
+    new_name = args.new or default_table(config)
+    missing = [name for name in (old_name, new_name) if name not in table_names(db)]
+    if missing:
+        return fail(f"no table {missing[0]!r} at {config.sink.uri!r}", "config")
+    old_table, new_table = db.open_table(old_name), db.open_table(new_name)
+    try:
+        queries = load_queries(args.queries) if args.queries else sampled_queries(old_table, args.sample)
+        old_hits = search(pointed_at(config, db, old_name), queries, k=args.k)
+        new_hits = search(pointed_at(config, db, new_name), queries, k=args.k)
+    except (QueryFileError, TableMismatch) as exc:
+        return fail(str(exc), "config")
+    old, new = table_side(old_table, old_name), table_side(new_table, new_name)
+    report = compare_report(queries, old_hits, new_hits, old, new, args.k, min_mean_doc_overlap=args.min_overlap)
+    paths = write_report(report, args.out)
+    print(paths["markdown"].read_text())
+    print(f"wrote {', '.join(str(p) for p in paths.values())}", file=sys.stderr)
+    return EXIT_CODES["ok"] if report["verdict"]["passed"] else EXIT_CODES["failed"]
+
+
+def sampled_queries(table, n: int) -> list[str]:
+    """``n`` pseudo-queries from a sample of the table's chunk texts (deterministic for one table version)."""
+    rows = min(table.count_rows(), max(20 * n, 1_000))
+    texts = table.search().select(["text"]).limit(rows).to_arrow()["text"].to_pylist()
+    return sample_queries(texts, n)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

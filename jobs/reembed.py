@@ -1,0 +1,47 @@
+"""``lateline reembed``: build the vectors of the config's model for the whole corpus, from the chunks the
+serving table already stores (object storage is not read), into a new table named after the model.
+
+Searches keep using the serving table meanwhile. Resumable: kill it and run the same command again. Then
+check with ``lateline compare`` and switch with ``lateline promote`` (``lateline rollback`` switches back).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from jobs.common import config_arguments, fail, parse, run_writing_job
+from pipeline.reembed import run_reembed
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lateline reembed", description=__doc__)
+    config_arguments(p)
+    p.add_argument("--from", dest="source", help="the table to re-embed (default: the one sink.table serves)")
+    p.add_argument("--to", dest="target", help="the new table (default: <sink.table>__<model>-<settings digest>)")
+    p.add_argument("--limit", type=int, default=None, help="re-embed at most N documents (a trial)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, config = parse(parser(), argv, serving=False)
+    if isinstance(config, int):
+        return config
+    if args.limit is not None and args.limit <= 0:
+        return fail(f"--limit: must be > 0 (got {args.limit})", "config")
+
+    def work() -> dict:
+        summary = run_reembed(config, args.source, args.target, args.limit)
+        table = summary["table"]["name"]
+        print(
+            f"next: lateline compare --config {args.config} --new {table}; then lateline promote --config "
+            f"{args.config} --table {table}",
+            file=sys.stderr,
+        )
+        return summary
+
+    return run_writing_job("reembed", work)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

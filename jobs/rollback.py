@@ -1,0 +1,36 @@
+"""``lateline rollback``: serve again the table that served before the last promote (atomically)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from jobs.common import config_arguments, fail, parse
+from jobs.promote import describe_alias
+from pipeline.aliases import AliasError, rollback
+from pipeline.lock import TableLocked
+from pipeline.runner import EXIT_CODES
+from pipeline.sink import connect
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="lateline rollback", description=__doc__)
+    config_arguments(p)
+    p.add_argument("--note", default="", help="a note kept in the alias history")
+    args, config = parse(p, argv, serving=False)
+    if isinstance(config, int):
+        return config
+    sink = config.sink
+    try:
+        state = rollback(connect(sink.uri, sink.storage_options), sink.uri, sink.table, args.note, sink.storage_options)
+    except AliasError as exc:
+        return fail(str(exc), "config")
+    except TableLocked as exc:
+        return fail(str(exc), "locked")
+    print(json.dumps(describe_alias(state), indent=2))
+    return EXIT_CODES["ok"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

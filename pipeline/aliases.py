@@ -1,0 +1,207 @@
+"""Aliases: one name (``sink.table``) that serves a table, switched atomically by promote and rollback.
+
+An alias ``<name>`` is a small LanceDB table ``<name>__alias`` beside the tables. It holds the alias' history,
+one row per change: ``seq``, ``action`` (``initial``, ``promote`` or ``rollback``), ``table``, ``at`` (UTC,
+ISO 8601) and ``note``. Appending a row is one Lance commit, so a switch is atomic: a reader sees the old or
+the new serving table, never anything in between. The serving table is the top of a stack replayed from the
+history (promote pushes, rollback pops). Without an alias table, ``<name>`` is itself the table, which is how
+every table starts.
+
+Jobs that read or write the serving table call :func:`follow`: it points ``sink.table`` at the serving table
+and, with ``sink.follow_alias`` (the default), adopts the model, chunking and embedding settings the serving
+table records. That is how a promote switches searches and scheduled index jobs without editing their configs.
+Tables are never dropped here; ``lateline promote --drop-unserved`` or a person removes old ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from pipeline.config import ChunkingConfig, EmbeddingConfig, JobConfig, ModelConfig
+from pipeline.lock import TableLock
+from pipeline.sink import connect, read_table_record, table_names
+
+ALIAS_SUFFIX = "__alias"
+HELPER_SUFFIXES = (ALIAS_SUFFIX, "__deadletter", "__objects")
+HISTORY_SCHEMA = pa.schema(
+    [
+        pa.field("seq", pa.int64()),
+        pa.field("action", pa.string()),
+        pa.field("table", pa.string()),
+        pa.field("at", pa.string()),
+        pa.field("note", pa.string()),
+    ]
+)
+
+
+class AliasError(RuntimeError):
+    """A promote or rollback that cannot happen (missing table, nothing to roll back to, ...)."""
+
+
+@dataclass(frozen=True)
+class AliasState:
+    """An alias as its history leaves it: ``serving`` is ``stack[-1]``; ``history`` rows oldest first."""
+
+    name: str
+    stack: tuple[str, ...]
+    history: tuple[dict[str, Any], ...]
+
+    @property
+    def serving(self) -> str:
+        return self.stack[-1] if self.stack else self.name
+
+
+def replay(name: str, history: list[dict[str, Any]]) -> AliasState:
+    """PURE: the alias after applying ``history`` (rows in any order; ``seq`` orders them)."""
+    rows = sorted(history, key=lambda row: row["seq"])
+    stack: list[str] = []
+    for row in rows:
+        if row["action"] in {"initial", "promote"}:
+            stack.append(row["table"])
+        elif row["action"] == "rollback" and len(stack) > 1:
+            stack.pop()
+    return AliasState(name, tuple(stack), tuple(rows))
+
+
+def alias_state(db: Any, name: str) -> AliasState:
+    """The alias ``name`` in the LanceDB connection ``db`` (an empty history when it was never promoted)."""
+    if name + ALIAS_SUFFIX not in table_names(db):
+        return AliasState(name, (), ())
+    return replay(name, db.open_table(name + ALIAS_SUFFIX).to_arrow().to_pylist())
+
+
+def serving_table(db: Any, name: str) -> str:
+    """The table the alias ``name`` serves; ``name`` itself when there is no alias."""
+    return alias_state(db, name).serving
+
+
+def model_tables(db: Any, name: str) -> list[str]:
+    """Tables that belong to the alias ``name``: ``name`` and ``name__*``, without helper tables."""
+    return sorted(
+        t
+        for t in table_names(db)
+        if (t == name or t.startswith(name + "__")) and not any(t.endswith(s) for s in HELPER_SUFFIXES)
+    )
+
+
+def promote(
+    db: Any, uri: str, name: str, table: str, note: str = "", storage_options: dict | None = None
+) -> AliasState:
+    """Make ``table`` the one the alias ``name`` serves (one atomic commit). The first promote also records the
+    table that served until then (``name`` itself) so that :func:`rollback` can return to it."""
+    if table not in table_names(db):
+        raise AliasError(f"no table {table!r} at {uri!r} to promote (lateline reembed builds one)")
+    with TableLock(uri, name + ALIAS_SUFFIX, f"promote-{table}", storage_options):
+        state = alias_state(db, name)
+        if state.serving == table and state.history:
+            raise AliasError(f"alias {name!r} already serves {table!r}")
+        rows = []
+        if not state.history and name in table_names(db) and table != name:
+            rows.append(_row(0, "initial", name, "the table that served before the first promote"))
+        rows.append(_row(_next_seq(state) + len(rows), "promote", table, note))
+        _append(db, name, rows)
+        return alias_state(db, name)
+
+
+def rollback(db: Any, uri: str, name: str, note: str = "", storage_options: dict | None = None) -> AliasState:
+    """Serve again the table that served before the last promote (one atomic commit)."""
+    with TableLock(uri, name + ALIAS_SUFFIX, "rollback", storage_options):
+        state = alias_state(db, name)
+        if len(state.stack) < 2:
+            raise AliasError(f"alias {name!r} has no earlier table to roll back to (serving {state.serving!r})")
+        previous = state.stack[-2]
+        if previous not in table_names(db):
+            raise AliasError(f"alias {name!r} would roll back to {previous!r}, which no longer exists")
+        _append(db, name, [_row(_next_seq(state), "rollback", previous, note)])
+        return alias_state(db, name)
+
+
+def _next_seq(state: AliasState) -> int:
+    return max((row["seq"] for row in state.history), default=-1) + 1
+
+
+def _row(seq: int, action: str, table: str, note: str) -> dict[str, Any]:
+    at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return {"seq": seq, "action": action, "table": table, "at": at, "note": note}
+
+
+def _append(db: Any, name: str, rows: list[dict[str, Any]]) -> None:
+    data = pa.Table.from_pylist(rows, schema=HISTORY_SCHEMA)
+    if name + ALIAS_SUFFIX in table_names(db):
+        db.open_table(name + ALIAS_SUFFIX).add(data)
+    else:
+        db.create_table(name + ALIAS_SUFFIX, data=data, schema=HISTORY_SCHEMA)
+
+
+def follow(config: JobConfig) -> tuple[JobConfig, str | None]:
+    """``config`` pointed at the table its ``sink.table`` serves, and a line saying so (``None`` when the name
+    is not an alias). With ``sink.follow_alias`` the serving table's recorded model, chunking, embedding and
+    vector dtype replace the config's, so jobs keep writing vectors like the ones the table holds."""
+    if _local_path_missing(config.sink.uri):  # nothing there yet (and connecting would create the directory)
+        return config, None
+    db = connect(config.sink.uri, config.sink.storage_options)
+    serving = serving_table(db, config.sink.table)
+    if serving == config.sink.table:
+        return config, None
+    followed = pointed_at(config, db, serving, adopt=config.sink.follow_alias)
+    model = followed.model.name_or_path
+    return followed, f"sink.table {config.sink.table!r} is an alias serving {serving!r} (model {model})"
+
+
+def _local_path_missing(uri: str) -> bool:
+    path = uri.removeprefix("file://")
+    return "://" not in path and not Path(path).expanduser().exists()
+
+
+def pointed_at(config: JobConfig, db: Any, table: str, adopt: bool = True) -> JobConfig:
+    """``config`` with ``sink.table = table``; with ``adopt``, also the model, chunking, embedding and vector
+    dtype ``table`` records (a table without a record keeps the config's)."""
+    sink: dict[str, Any] = {"table": table}
+    updates: dict[str, Any] = {}
+    record = read_table_record(db.open_table(table)) if table in table_names(db) else None
+    sections = (record or {}).get("config") or {}
+    if adopt and sections:
+        # The record masks secret-looking model storage options; the job's own options fill them in.
+        recorded = {k: v for k, v in sections["model"].get("storage_options", {}).items() if v != "***"}
+        model = {**sections["model"], "storage_options": {**recorded, **config.model.storage_options}}
+        updates = {
+            "model": ModelConfig(**model),
+            "chunking": ChunkingConfig(**sections["chunking"]),
+            "embedding": EmbeddingConfig(**sections["embedding"]),
+        }
+        sink["vector_dtype"] = sections.get("vector_dtype", "float32")
+    return config.model_copy(update={**updates, "sink": config.sink.model_copy(update=sink)})
+
+
+def promotion_problems(db: Any, uri: str, name: str, table: str, storage_options: dict | None = None) -> list[str]:
+    """Why ``table`` should not serve the alias ``name`` yet (empty: it may): it must exist, be lateline's,
+    not be written by a job right now, hold rows, and hold every document the serving table holds."""
+    from pipeline.compare import table_side
+
+    if table not in table_names(db):
+        return [f"no table {table!r} at {uri!r} (lateline reembed builds it)"]
+    candidate = db.open_table(table)
+    if read_table_record(candidate) is None:
+        return [f"table {table!r} was not written by lateline (no model record)"]
+    problems = []
+    holder = TableLock(uri, table, "check", storage_options).live_holder()
+    if holder is not None:
+        problems.append(f"table {table!r} is being written by run {holder.get('run_id')} (wait for it to finish)")
+    new = table_side(candidate, table)
+    if new.rows == 0:
+        problems.append(f"table {table!r} is empty")
+    serving = serving_table(db, name)
+    if serving != table and serving in table_names(db):
+        old = table_side(db.open_table(serving), serving)
+        missing = sorted(old.doc_ids - new.doc_ids)
+        if missing:
+            problems.append(
+                f"table {table!r} lacks {len(missing)} of the {old.documents} documents {serving!r} serves "
+                f"(e.g. {missing[:5]}); finish `lateline reembed` (it resumes) or check its dead letters"
+            )
+    return problems

@@ -1,0 +1,257 @@
+"""Re-embed: build another model's vectors for a whole table from the chunks it already stores.
+
+``run_reembed`` reads the serving table (or ``--from``) at one pinned version, rebuilds each document's text
+from its chunks (:func:`pipeline.chunking.rebuild_text`) and embeds it with the job's model into a new table
+(``<alias>__<model>-<settings digest>`` unless named), never the one being read. Object storage is not read.
+
+- Same chunker settings: the stored chunks are kept (same ``chunk_id`` s and char offsets); only token offsets
+  are recomputed for the new tokenizer. Another chunker: the rebuilt text is chunked afresh.
+- Fingerprints are computed from the stored content hash and the new settings, exactly as an index run over
+  the source would, so once the new table is promoted, unchanged documents stay unchanged.
+- Resumable like a backfill: whole-document commits, and a rerun skips documents the new table already holds
+  with the same fingerprint. Failing documents are dead-lettered (``<new table>__deadletter``). A complete
+  run removes from the new table documents the source table no longer holds.
+- The serving table is only read, so searches keep using it until ``lateline promote``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import pyarrow as pa
+
+from pipeline import schema
+from pipeline.aliases import serving_table
+from pipeline.chunking import rebuild_text
+from pipeline.config import JobConfig
+from pipeline.deadletters import DeadLetterLog
+from pipeline.fingerprint import settings_digest
+from pipeline.lock import TableLock
+from pipeline.model import ModelIdentity
+from pipeline.sink import LanceSink, connect, read_table_record, recorded_sections, sql_list, table_names
+from pipeline.sources import fingerprinted
+from pipeline.stages import _resolve_known, report
+
+STORED_COLUMNS = [
+    schema.DOC_ID,
+    schema.CHUNK_INDEX,
+    schema.CHUNK_COUNT,
+    schema.TEXT,
+    schema.CHAR_START,
+    schema.CHAR_END,
+    schema.SOURCE_URI,
+    schema.METADATA,
+    schema.CONTENT_SHA256,
+]
+_int_list = pa.list_(pa.int32())
+# Documents rebuilt from a table: the reader's columns plus the chunk ranges to keep (null: chunk afresh).
+STORED_DOCUMENTS = pa.schema(
+    [*list(schema.DOCUMENTS), pa.field(schema.CHAR_STARTS, _int_list), pa.field(schema.CHAR_ENDS, _int_list)]
+)
+
+
+class ReembedError(RuntimeError):
+    """The re-embed cannot start: no source table, or one that cannot be re-embedded."""
+
+
+@dataclass(frozen=True)
+class StoredTable:
+    """The table being re-embedded, as read tasks open it: its Lance dataset URI at a pinned version."""
+
+    uri: str
+    version: int
+    storage_options: dict[str, Any]
+    keep_spans: bool
+    batch_docs: int = 1_000
+
+
+def target_name(alias: str, identity: ModelIdentity, settings: dict) -> str:
+    """The default name of a re-embed's table: ``<alias>__<model name>-<first 8 of the settings digest>``."""
+    model = re.sub(r"[^A-Za-z0-9_.-]+", "-", identity.name).strip("-") or "model"
+    return f"{alias}__{model}-{settings_digest(settings)[:8]}"
+
+
+# --- read tasks ------------------------------------------------------------------------------------------
+def read_stored_documents(
+    fragments: pa.Table, stored: StoredTable, settings_digest: str, known: Any = None, stats: Any = None
+) -> Iterator[pa.Table]:
+    """Ray task body: the documents whose first chunk lies in the given fragments (column ``fragment_id``), as
+    ``STORED_DOCUMENTS`` tables with fingerprints; documents ``known`` holds unchanged become markers."""
+    import lance
+
+    started = time.perf_counter()
+    dataset = lance.dataset(stored.uri, version=stored.version, storage_options=stored.storage_options or None)
+    known = _resolve_known(known) or {}
+
+    def fetch(doc_ids: list[str]) -> pa.Table:
+        return dataset.to_table(columns=STORED_COLUMNS, filter=f"{schema.DOC_ID} IN ({sql_list(doc_ids)})")
+
+    for fragment in fragments["fragment_id"].to_pylist():
+        batches = dataset.get_fragment(fragment).to_batches(columns=STORED_COLUMNS, batch_size=8_192)
+        for docs in documents_from_batches(batches, fetch, stored.keep_spans, stored.batch_docs):
+            rows = [fingerprinted(doc, settings_digest, known) for doc in docs]
+            report(stats, {"docs_in": len(rows), "read_s": time.perf_counter() - started})
+            yield pa.Table.from_pylist(rows, schema=STORED_DOCUMENTS)
+            started = time.perf_counter()
+
+
+def documents_from_batches(
+    batches: Any, fetch: Callable[[list[str]], pa.Table], keep_spans: bool, batch_docs: int
+) -> Iterator[list[dict[str, Any]]]:
+    """Group stored chunk rows into documents, ``batch_docs`` at a time. A document belongs to the fragment
+    holding its chunk 0; one whose other chunks lie elsewhere is completed with ``fetch(doc_ids)`` (rows of
+    those documents), so every document is produced exactly once and whole."""
+    pending: dict[str, dict[int, dict[str, Any]]] = {}
+    ready: list[dict[str, Any]] = []
+    for batch in batches:
+        for row in batch.to_pylist():
+            pending.setdefault(row[schema.DOC_ID], {})[row[schema.CHUNK_INDEX]] = row
+        for doc_id in [d for d, chunks in pending.items() if _complete(chunks)]:
+            ready.append(rebuild_document(pending.pop(doc_id), keep_spans))
+        while len(ready) >= batch_docs:
+            yield ready[:batch_docs]
+            ready = ready[batch_docs:]
+    owned = [doc_id for doc_id, chunks in pending.items() if 0 in chunks]
+    if owned:
+        for row in fetch(owned).to_pylist():
+            pending[row[schema.DOC_ID]][row[schema.CHUNK_INDEX]] = row
+        ready.extend(rebuild_document(pending[doc_id], keep_spans) for doc_id in owned)
+    for start in range(0, len(ready), batch_docs):
+        yield ready[start : start + batch_docs]
+
+
+def _complete(chunks: dict[int, dict[str, Any]]) -> bool:
+    return 0 in chunks and len(chunks) == chunks[0][schema.CHUNK_COUNT]
+
+
+def rebuild_document(chunks: dict[int, dict[str, Any]], keep_spans: bool) -> dict[str, Any]:
+    """PURE: a ``STORED_DOCUMENTS`` row from a document's stored chunks (``chunk_index -> row``)."""
+    ordered = [chunks[index] for index in sorted(chunks)]
+    first = ordered[0]
+    starts = [c[schema.CHAR_START] for c in ordered]
+    ends = [c[schema.CHAR_END] for c in ordered]
+    return {
+        schema.DOC_ID: first[schema.DOC_ID],
+        schema.TEXT: rebuild_text([(c[schema.CHAR_START], c[schema.CHAR_END], c[schema.TEXT]) for c in ordered]),
+        schema.SOURCE_URI: first[schema.SOURCE_URI],
+        schema.METADATA: first[schema.METADATA],
+        schema.ERROR: None,
+        schema.ERROR_DETAIL: None,
+        schema.SNIPPET: None,
+        schema.DOC_FINGERPRINT: None,
+        schema.CONTENT_SHA256: first[schema.CONTENT_SHA256],
+        schema.CHAR_STARTS: starts if keep_spans else None,
+        schema.CHAR_ENDS: ends if keep_spans else None,
+    }
+
+
+# --- the driver ------------------------------------------------------------------------------------------
+def open_source(config: JobConfig, source: str | None) -> tuple[str, Any, dict[str, Any]]:
+    """``(name, table, record)`` of the table to re-embed (default: the one ``sink.table`` serves)."""
+    db = connect(config.sink.uri, config.sink.storage_options)
+    name = source or serving_table(db, config.sink.table)
+    if name not in table_names(db):
+        raise ReembedError(f"sink.table: no table {name!r} at {config.sink.uri!r} to re-embed; run `lateline index`")
+    table = db.open_table(name)
+    record = read_table_record(table)
+    if record is None:
+        raise ReembedError(f"table {name!r} was not written by lateline (no model record); it cannot be re-embedded")
+    if schema.CONTENT_SHA256 not in table.schema.names:
+        raise ReembedError(
+            f"table {name!r} was written before lateline stored content hashes ({schema.CONTENT_SHA256}); "
+            "rebuild it once with `lateline index --set sink.mode=overwrite`, then re-embed"
+        )
+    return name, table, record
+
+
+def run_reembed(
+    config: JobConfig, source: str | None = None, target: str | None = None, limit: int | None = None
+) -> dict[str, Any]:
+    """Re-embed the table ``source`` (default: the serving table of ``sink.table``) with ``config``'s model and
+    chunking into ``target`` (default :func:`target_name`); returns the run summary (also written to disk).
+
+    Raises :class:`ReembedError`, ``TableMismatch`` or ``TableLocked`` before any work when it cannot start.
+    """
+    from pipeline import runner
+
+    source_name, table, record = open_source(config, source)
+    context = runner.prepare(config, "reembed", [], limit)
+    target = target or target_name(config.sink.table, context.identity, context.settings)
+    if target == source_name:
+        raise ReembedError(
+            f"table {source_name!r} already holds {context.identity.label} vectors with these settings; "
+            "nothing to re-embed (pass --to to rebuild into another table)"
+        )
+    dataset = table.to_lance()
+    stored = StoredTable(
+        dataset.uri,
+        table.version,
+        dict(config.sink.storage_options),
+        keep_spans=record["settings"].get("chunker") == context.settings["chunker"],
+        batch_docs=config.source.read_batch_docs,
+    )
+    fragments = [fragment.fragment_id for fragment in dataset.get_fragments()]
+    target_config = config.model_copy(update={"sink": config.sink.model_copy(update={"table": target})})
+    context = dataclasses.replace(context, config=target_config)
+    with TableLock(config.sink.uri, target, context.run_id, config.sink.storage_options) as lock:
+        dead_letters = DeadLetterLog(config.sink.uri, target, context.run_id, config.sink.storage_options)
+
+        def on_commit() -> None:
+            dead_letters.flush()
+            lock.refresh()
+
+        sink = LanceSink(
+            target_config.sink, context.identity, context.settings, on_commit, recorded_sections(target_config)
+        )
+        summary = _execute(context, sink, dead_letters, stored, fragments, source_name)
+    return summary
+
+
+def _execute(
+    context: Any, sink: LanceSink, dead_letters: DeadLetterLog, stored: StoredTable, fragments: list[int], source: str
+) -> dict[str, Any]:
+    from pipeline import runner
+
+    config, started_at, started = context.config, datetime.now(timezone.utc), time.monotonic()
+    digest = settings_digest(context.settings)
+    known = sink.known_documents() if config.sink.mode == "upsert" else {}
+    tally = runner.Tally("reembed", config.runtime.progress_seconds)
+    runner.log(
+        f"reembed: {source} (version {stored.version}, {len(fragments)} fragments, "
+        f"{'keeping its chunks' if stored.keep_spans else 'chunking afresh'}) -> {config.sink.uri}/"
+        f"{config.sink.table} ({len(known):,} documents there) with {context.identity.label}"
+    )
+    outcome: dict[str, Any] = {"status": "failed", "error": None, "written": dict(sink.stats), "deleted": 0}
+    actors, counters = None, {}
+    try:
+        if fragments:
+
+            def build(actors: Any, stats: Any, known_ref: Any) -> Any:
+                from pipeline.plan import build_reembed_dataset
+
+                return build_reembed_dataset(config, stored, fragments, digest, actors, stats, known_ref, context.limit)
+
+            actors, counters = runner._stream(context, build, known, sink, dead_letters, tally)
+        outcome["written"] = sink.close()
+        if context.limit is None:
+            present = sink.seen_docs | tally.unchanged | tally.dead_doc_ids
+            outcome["deleted"] = sink.delete_documents(sorted(set(known) - present))
+        dead_letters.flush()
+        outcome["status"] = runner._budget_status(config, tally, outcome["written"]["docs_written"])
+    except BaseException as exc:
+        outcome["error"] = f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        tally.print_progress(sink.stats["docs_written"], counters.get("forward_tokens"))
+        summary = runner._summary(context, actors, tally, outcome, counters, started_at, started)
+        summary["source"] = {"table": source, "version": stored.version, "fragments": len(fragments)}
+        summary["source"]["kept_chunks"] = stored.keep_spans
+        summary["summary_path"] = str(runner.write_summary(config, context.run_id, summary))
+        runner.log(f"reembed: {summary['status']}; run summary at {summary['summary_path']}")
+    return summary

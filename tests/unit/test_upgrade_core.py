@@ -1,0 +1,156 @@
+"""The pure parts of model upgrades: alias history replay, text rebuilt from stored chunks, stored char
+ranges mapped to a new tokenizer's tokens, documents regrouped from table rows, CLS pooling from the model's
+own config."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from pipeline import schema
+from pipeline.aliases import replay
+from pipeline.chunking import chunk_spans, rebuild_text, token_spans_for_chars
+from pipeline.config import ModelConfig
+from pipeline.embedding import ChunkEmbedder
+from pipeline.model import ModelIdentity, describe_model, resolve_model_path
+from pipeline.reembed import STORED_COLUMNS, documents_from_batches, target_name
+from tests.unit.test_embedding import FRAME, states_of, tiny_loaded
+
+
+def _row(seq: int, action: str, table: str) -> dict:
+    return {"seq": seq, "action": action, "table": table, "at": "", "note": ""}
+
+
+def test_alias_history_replays_as_a_stack() -> None:
+    history = [_row(2, "promote", "c"), _row(0, "initial", "a"), _row(1, "promote", "b"), _row(3, "rollback", "b")]
+    state = replay("x", history)
+    assert state.serving == "b" and state.stack == ("a", "b")
+    assert [row["seq"] for row in state.history] == [0, 1, 2, 3]
+    assert replay("x", [*history, _row(4, "rollback", "a")]).serving == "a"
+    # Rolling back past the first table is ignored: something always serves.
+    assert replay("x", [*history, _row(4, "rollback", "a"), _row(5, "rollback", "a")]).serving == "a"
+    assert replay("x", []).serving == "x"
+
+
+TEXT = "First sentence here.  Second one!\n\nA new paragraph starts. And ends."
+
+
+def test_rebuilt_text_puts_every_chunk_back_at_its_offsets(encode_offsets) -> None:
+    offsets = encode_offsets(TEXT)
+    spans = chunk_spans(TEXT, offsets, "sentences", size=8, sentences_per_chunk=1)
+    stored = [(s.char_start, s.char_end, TEXT[s.char_start : s.char_end]) for s in spans]
+    rebuilt = rebuild_text(list(reversed(stored)))
+    assert all(rebuilt[a:b] == text for a, b, text in stored)
+    assert len(rebuilt) == spans[-1].char_end
+    # Gaps were whitespace: one char -> a space, more -> a blank line (a paragraph break stays one).
+    assert "\n\nA new" in rebuilt and rebuilt.split() == TEXT.split()
+
+
+def test_rebuilt_text_of_overlapping_chunks_has_no_repeats() -> None:
+    text = "one two three four five"
+    assert rebuild_text([(0, 13, text[0:13]), (8, 23, text[8:23])]) == text
+
+
+def test_stored_char_ranges_get_the_tokens_that_overlap_them(encode_offsets) -> None:
+    offsets = encode_offsets(TEXT)
+    spans = chunk_spans(TEXT, offsets, "sentences", size=8, sentences_per_chunk=1)
+    kept = token_spans_for_chars(offsets, [(s.char_start, s.char_end) for s in spans])
+    assert kept == spans  # the same tokenizer gives back the same spans
+    # A range cutting through tokens keeps its chars and takes every token it touches.
+    [cut] = token_spans_for_chars(offsets, [(2, 9)])  # "rst sen"
+    assert (cut.char_start, cut.char_end) == (2, 9)
+    assert offsets[cut.token_start][0] <= 2 and offsets[cut.token_end - 1][1] >= 9
+    [empty] = token_spans_for_chars(offsets, [(20, 22)])  # only whitespace
+    assert empty.token_start == empty.token_end
+
+
+def _stored_rows(doc: str, texts: list[str]) -> list[dict]:
+    rows, position = [], 0
+    for index, text in enumerate(texts):
+        rows.append(
+            {
+                schema.DOC_ID: doc,
+                schema.CHUNK_INDEX: index,
+                schema.CHUNK_COUNT: len(texts),
+                schema.TEXT: text,
+                schema.CHAR_START: position,
+                schema.CHAR_END: position + len(text),
+                schema.SOURCE_URI: f"s3://b/{doc}.jsonl",
+                schema.METADATA: None,
+                schema.CONTENT_SHA256: f"sha-{doc}",
+            }
+        )
+        position += len(text) + 1
+    return rows
+
+
+def test_documents_are_regrouped_whole_once_even_when_split_across_batches_and_fragments() -> None:
+    a, b, c = _stored_rows("a", ["a0", "a1", "a2"]), _stored_rows("b", ["b0", "b1"]), _stored_rows("c", ["c0"])
+    # This fragment holds a's chunks 0 and 2 (chunk 1 lies in another fragment), b split across two batches,
+    # c whole, and only chunk 1 of d (whose chunk 0, and so d itself, belongs to another fragment).
+    d = _stored_rows("d", ["d0", "d1"])
+    batches = [pa.RecordBatch.from_pylist([a[0], b[0], d[1]]), pa.RecordBatch.from_pylist([b[1], a[2], c[0]])]
+    fetched: list[list[str]] = []
+
+    def fetch(doc_ids: list[str]) -> pa.Table:
+        fetched.append(doc_ids)
+        return pa.Table.from_pylist([r for r in a + d if r[schema.DOC_ID] in doc_ids])
+
+    docs = [doc for group in documents_from_batches(batches, fetch, keep_spans=True, batch_docs=2) for doc in group]
+    assert sorted(doc[schema.DOC_ID] for doc in docs) == ["a", "b", "c"]  # d belongs to its chunk 0's fragment
+    assert fetched == [["a"]]
+    by_id = {doc[schema.DOC_ID]: doc for doc in docs}
+    assert by_id["a"][schema.CHAR_STARTS] == [0, 3, 6] and by_id["a"][schema.TEXT] == "a0 a1 a2"
+    assert by_id["b"][schema.CONTENT_SHA256] == "sha-b" and by_id["b"][schema.SOURCE_URI] == "s3://b/b.jsonl"
+    rechunked = next(iter(documents_from_batches([pa.RecordBatch.from_pylist(c)], fetch, False, 10)))
+    assert rechunked[0][schema.CHAR_STARTS] is None
+    assert set(STORED_COLUMNS) <= set(a[0])
+
+
+def test_target_name_is_a_valid_table_name_per_model_and_settings() -> None:
+    identity = ModelIdentity("org/Model v2", "abc", 8, "mean", 40, "float32", "")
+    name = target_name("chunks", identity, {"chunker": {"size": 1}})
+    assert name.startswith("chunks__org-Model-v2-") and len(name.rsplit("-", 1)[1]) == 8
+    assert name != target_name("chunks", identity, {"chunker": {"size": 2}})
+
+
+def test_naive_mode_of_a_cls_model_pools_the_first_position(tiny_bert) -> None:
+    loaded = tiny_loaded(tiny_bert)
+    loaded.identity = ModelIdentity("tiny", "x", 32, "cls", 40, "float32", "")
+    docs = [(list(range(5, 30)), [(0, 10), (10, 25)])]
+    vectors = ChunkEmbedder(loaded, mode="naive").embed(docs)
+    expected = np.stack([states_of(tiny_bert, FRAME.wrap(list(range(5, 30))[s:e]))[0] for s, e in docs[0][1]])
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    np.testing.assert_allclose(vectors, expected, atol=1e-5)
+
+
+def test_a_local_cls_model_is_read_from_its_config_and_warned_about(tmp_path: Path) -> None:
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    folder = tmp_path / "cls-model"
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    BertModel(config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(resolve_model_path("sentence-transformers/all-MiniLM-L6-v2")).save_pretrained(folder)
+    (folder / "1_Pooling").mkdir()
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_cls_token": True}))
+    with pytest.warns(UserWarning, match="CLS pooling.*late chunking"):
+        _, _, window, identity = describe_model(ModelConfig(name_or_path=str(folder)))
+    assert identity.pooling == "cls" and identity.name == "cls-model" and window == 64
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert describe_model(ModelConfig(name_or_path=str(folder)))[3].pooling == "mean"
