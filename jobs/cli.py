@@ -15,6 +15,7 @@ JOBS = {
     "compare": "upgrade report: the serving table vs a re-embedded one",
     "promote": "switch sink.table (an alias) to another table, atomically",
     "rollback": "switch sink.table back to the table that served before",
+    "retire": "drop tables an alias no longer serves",
     "eval": "retrieval quality on a BEIR dataset: no chunking vs naive vs late",
 }
 

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from pipeline.aliases import follow
+from pipeline.aliases import AliasError, follow
 from pipeline.config import ConfigError, JobConfig, load_config
 from pipeline.lock import TableLocked
 from pipeline.reembed import ReembedError
@@ -52,7 +52,11 @@ def load_or_exit(args: argparse.Namespace, serving: bool = True) -> JobConfig | 
         return EXIT_CODES["config"]
     if not serving:
         return config
-    config, line = follow(config)
+    try:
+        config, line = follow(config)
+    except (AliasError, ConfigError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CODES["config"]
     if line:
         print(line, file=sys.stderr)
     return config

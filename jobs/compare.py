@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from jobs.common import config_arguments, fail, parse
 from jobs.promote import default_table
@@ -35,14 +36,18 @@ def main(argv: list[str] | None = None) -> int:
     args, config = parse(parser(), argv, serving=False)
     if isinstance(config, int):
         return config
-    if args.k <= 0 or args.sample <= 0:
-        return fail(f"-k and --sample must be > 0 (got {args.k}, {args.sample})", "config")
+    for flag, value in (("-k", args.k), ("--sample", args.sample)):
+        if value <= 0:
+            return fail(f"{flag}: must be > 0 (got {value})", "config")
+    if not 0 <= args.min_overlap <= 1:
+        return fail(f"--min-overlap: must be between 0 and 1 (got {args.min_overlap})", "config")
     db = connect(config.sink.uri, config.sink.storage_options)
     old_name = args.old or serving_table(db, config.sink.table)
     new_name = args.new or default_table(config)
-    missing = [name for name in (old_name, new_name) if name not in table_names(db)]
-    if missing:
-        return fail(f"no table {missing[0]!r} at {config.sink.uri!r}", "config")
+    for flag, name in (("--old", old_name), ("--new", new_name)):
+        if name not in table_names(db):
+            hint = "build it with `lateline reembed`" if flag == "--new" else "run `lateline index`"
+            return fail(f"{flag}: no table {name!r} at {config.sink.uri!r}; {hint} or name another", "config")
     old_table, new_table = db.open_table(old_name), db.open_table(new_name)
     try:
         queries = load_queries(args.queries) if args.queries else sampled_queries(old_table, args.sample)
@@ -58,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     return EXIT_CODES["ok"] if report["verdict"]["passed"] else EXIT_CODES["failed"]
 
 
-def sampled_queries(table, n: int) -> list[str]:
+def sampled_queries(table: Any, n: int) -> list[str]:
     """``n`` pseudo-queries from a sample of the table's chunk texts (deterministic for one table version)."""
     rows = min(table.count_rows(), max(20 * n, 1_000))
     texts = table.search().select(["text"]).limit(rows).to_arrow()["text"].to_pylist()

@@ -1,8 +1,8 @@
 """``lateline promote``: make a table (by default the config's model's re-embed table) the one ``sink.table``
 serves, atomically. Searches and scheduled index jobs follow at once; the old table is kept for rollback.
 
-Refused while the table is incomplete: missing documents of the serving table, empty, or still being written
-(``--force`` overrides the document check).
+Refused while the table is incomplete: missing documents of the serving table (``--force`` overrides that
+check), empty, or still being written (exit 4).
 """
 
 from __future__ import annotations
@@ -10,9 +10,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
 from jobs.common import config_arguments, fail, parse
-from pipeline.aliases import AliasError, promote, promotion_problems
+from pipeline.aliases import MISSING_DOCUMENTS, AliasError, AliasState, promote, promotion_problems
+from pipeline.config import JobConfig
 from pipeline.fingerprint import embedding_settings
 from pipeline.lock import TableLocked
 from pipeline.model import describe_model
@@ -37,27 +39,29 @@ def main(argv: list[str] | None = None) -> int:
     sink = config.sink
     table = args.table or default_table(config)
     db = connect(sink.uri, sink.storage_options)
-    problems = promotion_problems(db, sink.uri, sink.table, table, sink.storage_options)
-    blocking = [p for p in problems if not (args.force and "lacks" in p)]
-    if blocking:
-        return fail(f"not promoting {table!r}: " + "; ".join(blocking), "config")
+
+    def check() -> list[str]:
+        problems = promotion_problems(db, sink.uri, sink.table, table)
+        return [message for kind, message in problems if not (args.force and kind == MISSING_DOCUMENTS)]
+
     try:
-        state = promote(db, sink.uri, sink.table, table, args.note, sink.storage_options)
+        state = promote(db, sink.uri, sink.table, table, args.note, sink.storage_options, check)
     except AliasError as exc:
         return fail(str(exc), "config")
     except TableLocked as exc:
-        return fail(str(exc), "locked")
+        return fail(f"not promoting {table!r}: {exc}", "locked")
     print(json.dumps(describe_alias(state), indent=2))
     return EXIT_CODES["ok"]
 
 
-def default_table(config) -> str:
+def default_table(config: JobConfig) -> str:
     """The table ``lateline reembed`` builds for this config by default."""
     _, _, _, identity = describe_model(config.model, config.embedding.document_prefix)
     return target_name(config.sink.table, identity, embedding_settings(config.chunking, config.embedding, identity))
 
 
-def describe_alias(state) -> dict:
+def describe_alias(state: AliasState) -> dict[str, Any]:
+    """The alias as JSON data: what it serves, the rollback stack and its history."""
     return {"alias": state.name, "serving": state.serving, "stack": list(state.stack), "history": list(state.history)}
 
 

@@ -10,11 +10,12 @@ every table starts.
 Jobs that read or write the serving table call :func:`follow`: it points ``sink.table`` at the serving table
 and, with ``sink.follow_alias`` (the default), adopts the model, chunking and embedding settings the serving
 table records. That is how a promote switches searches and scheduled index jobs without editing their configs.
-Tables are never dropped here; ``lateline promote --drop-unserved`` or a person removes old ones.
+Old tables stay (for rollback) until ``lateline retire`` drops them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -90,13 +91,28 @@ def model_tables(db: Any, name: str) -> list[str]:
 
 
 def promote(
-    db: Any, uri: str, name: str, table: str, note: str = "", storage_options: dict | None = None
+    db: Any,
+    uri: str,
+    name: str,
+    table: str,
+    note: str = "",
+    storage_options: dict | None = None,
+    check: Callable[[], list[str]] | None = None,
 ) -> AliasState:
     """Make ``table`` the one the alias ``name`` serves (one atomic commit). The first promote also records the
-    table that served until then (``name`` itself) so that :func:`rollback` can return to it."""
+    table that served until then (``name`` itself) so that :func:`rollback` can return to it.
+
+    Holds ``table``'s writer lock throughout (a running ``reembed`` into it makes this raise ``TableLocked``)
+    and runs ``check`` under it: any problems it returns abort the promote with :class:`AliasError`."""
     if table not in table_names(db):
         raise AliasError(f"no table {table!r} at {uri!r} to promote (lateline reembed builds one)")
-    with TableLock(uri, name + ALIAS_SUFFIX, f"promote-{table}", storage_options):
+    with (
+        TableLock(uri, table, f"promote-{table}", storage_options),
+        TableLock(uri, name + ALIAS_SUFFIX, f"promote-{table}", storage_options),
+    ):
+        problems = check() if check else []
+        if problems:
+            raise AliasError(f"not promoting {table!r}: " + "; ".join(problems))
         state = alias_state(db, name)
         if state.serving == table and state.history:
             raise AliasError(f"alias {name!r} already serves {table!r}")
@@ -145,9 +161,15 @@ def follow(config: JobConfig) -> tuple[JobConfig, str | None]:
     if _local_path_missing(config.sink.uri):  # nothing there yet (and connecting would create the directory)
         return config, None
     db = connect(config.sink.uri, config.sink.storage_options)
-    serving = serving_table(db, config.sink.table)
-    if serving == config.sink.table:
+    state = alias_state(db, config.sink.table)
+    if not state.history:  # not an alias (yet): the name is the table
         return config, None
+    serving = state.serving
+    if serving not in table_names(db):
+        raise AliasError(
+            f"sink.table: alias {config.sink.table!r} serves {serving!r}, which no longer exists at "
+            f"{config.sink.uri!r}; `lateline rollback` (or promote another table) first"
+        )
     followed = pointed_at(config, db, serving, adopt=config.sink.follow_alias)
     model = followed.model.name_or_path
     return followed, f"sink.table {config.sink.table!r} is an alias serving {serving!r} (model {model})"
@@ -178,30 +200,49 @@ def pointed_at(config: JobConfig, db: Any, table: str, adopt: bool = True) -> Jo
     return config.model_copy(update={**updates, "sink": config.sink.model_copy(update=sink)})
 
 
-def promotion_problems(db: Any, uri: str, name: str, table: str, storage_options: dict | None = None) -> list[str]:
-    """Why ``table`` should not serve the alias ``name`` yet (empty: it may): it must exist, be lateline's,
-    not be written by a job right now, hold rows, and hold every document the serving table holds."""
+MISSING_DOCUMENTS = "missing_documents"  # the one promotion problem ``--force`` may override
+
+
+def promotion_problems(db: Any, uri: str, name: str, table: str) -> list[tuple[str, str]]:
+    """Why ``table`` should not serve the alias ``name`` yet, as ``(kind, message)`` pairs (none: it may). It
+    must exist, be lateline's, hold rows, and hold every document the serving table holds. (That no job writes
+    it is checked by :func:`promote` holding its lock.)"""
     from pipeline.compare import table_side
 
     if table not in table_names(db):
-        return [f"no table {table!r} at {uri!r} (lateline reembed builds it)"]
+        return [("missing_table", f"no table {table!r} at {uri!r} (lateline reembed builds it)")]
     candidate = db.open_table(table)
     if read_table_record(candidate) is None:
-        return [f"table {table!r} was not written by lateline (no model record)"]
+        return [("not_lateline", f"table {table!r} was not written by lateline (no model record)")]
     problems = []
-    holder = TableLock(uri, table, "check", storage_options).live_holder()
-    if holder is not None:
-        problems.append(f"table {table!r} is being written by run {holder.get('run_id')} (wait for it to finish)")
     new = table_side(candidate, table)
     if new.rows == 0:
-        problems.append(f"table {table!r} is empty")
+        problems.append(("empty", f"table {table!r} is empty"))
     serving = serving_table(db, name)
     if serving != table and serving in table_names(db):
         old = table_side(db.open_table(serving), serving)
         missing = sorted(old.doc_ids - new.doc_ids)
         if missing:
-            problems.append(
+            message = (
                 f"table {table!r} lacks {len(missing)} of the {old.documents} documents {serving!r} serves "
                 f"(e.g. {missing[:5]}); finish `lateline reembed` (it resumes) or check its dead letters"
             )
+            problems.append((MISSING_DOCUMENTS, message))
     return problems
+
+
+def retire(db: Any, uri: str, name: str, tables: list[str], storage_options: dict | None = None) -> list[str]:
+    """Drop ``tables`` of the alias ``name`` with their dead-letter and manifest tables (each under its writer
+    lock); returns them. The serving table is refused with :class:`AliasError`."""
+    serving = alias_state(db, name).serving
+    for table in tables:
+        if table not in table_names(db):
+            raise AliasError(f"--table: no table {table!r} at {uri!r}")
+        if table == serving:
+            raise AliasError(f"table {table!r} is what alias {name!r} serves; promote or roll back first")
+    for table in tables:
+        with TableLock(uri, table, f"retire-{table}", storage_options):
+            for helper in ("", "__deadletter", "__objects"):
+                if table + helper in table_names(db):
+                    db.drop_table(table + helper)
+    return tables

@@ -190,7 +190,8 @@ def rebuild_text(chunks: Sequence[tuple[int, int, str]]) -> str:
     Every chunk's text lands at its char offsets, so ``text[char_start:char_end]`` is each chunk again and all
     token positions are preserved. The gaps between chunks held only whitespace (chunk spans run from a token's
     start to a token's end), which is not stored: a one-char gap becomes a space, a longer one a blank line
-    (the usual paragraph break), which only a ``paragraphs`` re-chunk can notice.
+    (the usual paragraph break). Tokens are unaffected, but a re-chunk by ``sentences`` or ``paragraphs`` sees
+    these guessed breaks, so it can differ from chunking the original text.
     """
     parts: list[str] = []
     position = 0

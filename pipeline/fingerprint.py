@@ -30,6 +30,8 @@ def embedding_settings(chunking: ChunkingConfig, embedding: EmbeddingConfig, ide
     pooling = {"mode": POOLING_VERSIONS[embedding.mode], "document_prefix": embedding.document_prefix}
     if embedding.mode == "late":
         pooling["window_overlap"] = embedding.window_overlap
+    elif identity.pooling == "cls":  # naive chunks of a CLS model are pooled at [CLS], not by their mean
+        pooling["sentence_pooling"] = "cls"
     model = {"name": identity.name, "fingerprint": identity.fingerprint, "max_length": identity.max_length}
     return {"chunker": chunker, "pooling": pooling, "model": model}
 

@@ -183,6 +183,7 @@ class LoadedModel:
     device: str
     dtype: str
     autocast: bool = False  # True: weights stay float32 and each forward runs under autocast to ``dtype``
+    mask_optional: bool = True  # an unpadded batch may omit the attention mask (False for custom model code)
 
 
 def describe_model(config: ModelConfig, document_prefix: str = "") -> tuple[Any, Frame, int, ModelIdentity]:
@@ -241,4 +242,6 @@ def load_model(config: ModelConfig, document_prefix: str = "", device: str | Non
     autocast = device.startswith("cuda") and dtype != "float32"
     if not autocast and dtype != "float32":
         encoder.to(getattr(torch, dtype))
-    return LoadedModel(tokenizer, encoder, frame, max_length, identity, device, dtype, autocast)
+    return LoadedModel(
+        tokenizer, encoder, frame, max_length, identity, device, dtype, autocast, not config.trust_remote_code
+    )

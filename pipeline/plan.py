@@ -135,6 +135,6 @@ def build_reembed_dataset(
         batch_size=1,
         batch_format="pyarrow",
         num_cpus=CPU_TASK_CPUS,
-        fn_kwargs={"stored": stored, "settings_digest": settings_digest, "known": known, "stats": stats},
+        fn_kwargs={"stored": stored, "digest": settings_digest, "known": known, "stats": stats},
     )
     return embed_documents(dataset, config, actors, stats, limit)

@@ -10,7 +10,8 @@ from its chunks (:func:`pipeline.chunking.rebuild_text`) and embeds it with the 
   the source would, so once the new table is promoted, unchanged documents stay unchanged.
 - Resumable like a backfill: whole-document commits, and a rerun skips documents the new table already holds
   with the same fingerprint. Failing documents are dead-lettered (``<new table>__deadletter``). A complete
-  run removes from the new table documents the source table no longer holds.
+  run removes from the new table documents the source table no longer holds, and carries the object
+  manifest over, so the first index after a promote does not even download unchanged objects.
 - The serving table is only read, so searches keep using it until ``lateline promote``.
 """
 
@@ -33,10 +34,11 @@ from pipeline.config import JobConfig
 from pipeline.deadletters import DeadLetterLog
 from pipeline.fingerprint import settings_digest
 from pipeline.lock import TableLock
+from pipeline.manifest import ObjectManifest
 from pipeline.model import ModelIdentity
 from pipeline.sink import LanceSink, connect, read_table_record, recorded_sections, sql_list, table_names
 from pipeline.sources import fingerprinted
-from pipeline.stages import _resolve_known, report
+from pipeline.stages import report, resolve_known
 
 STORED_COLUMNS = [
     schema.DOC_ID,
@@ -79,7 +81,7 @@ def target_name(alias: str, identity: ModelIdentity, settings: dict) -> str:
 
 # --- read tasks ------------------------------------------------------------------------------------------
 def read_stored_documents(
-    fragments: pa.Table, stored: StoredTable, settings_digest: str, known: Any = None, stats: Any = None
+    fragments: pa.Table, stored: StoredTable, digest: str, known: Any = None, stats: Any = None
 ) -> Iterator[pa.Table]:
     """Ray task body: the documents whose first chunk lies in the given fragments (column ``fragment_id``), as
     ``STORED_DOCUMENTS`` tables with fingerprints; documents ``known`` holds unchanged become markers."""
@@ -87,7 +89,7 @@ def read_stored_documents(
 
     started = time.perf_counter()
     dataset = lance.dataset(stored.uri, version=stored.version, storage_options=stored.storage_options or None)
-    known = _resolve_known(known) or {}
+    known = resolve_known(known) or {}
 
     def fetch(doc_ids: list[str]) -> pa.Table:
         return dataset.to_table(columns=STORED_COLUMNS, filter=f"{schema.DOC_ID} IN ({sql_list(doc_ids)})")
@@ -95,7 +97,7 @@ def read_stored_documents(
     for fragment in fragments["fragment_id"].to_pylist():
         batches = dataset.get_fragment(fragment).to_batches(columns=STORED_COLUMNS, batch_size=8_192)
         for docs in documents_from_batches(batches, fetch, stored.keep_spans, stored.batch_docs):
-            rows = [fingerprinted(doc, settings_digest, known) for doc in docs]
+            rows = [fingerprinted(doc, digest, known) for doc in docs]
             report(stats, {"docs_in": len(rows), "read_s": time.perf_counter() - started})
             yield pa.Table.from_pylist(rows, schema=STORED_DOCUMENTS)
             started = time.perf_counter()
@@ -152,12 +154,26 @@ def rebuild_document(chunks: dict[int, dict[str, Any]], keep_spans: bool) -> dic
 
 
 # --- the driver ------------------------------------------------------------------------------------------
+def carry_manifest(config: JobConfig, source: str, digest: str, dead_objects: set[str], run_id: str) -> int:
+    """Copy the source table's object manifest to the new table (``config.sink.table``) under the new settings,
+    except objects with a dead-lettered document: the first index after a promote then skips unchanged objects
+    without downloading them, as it did before. Returns the rows copied."""
+    sink = config.sink
+    rows = ObjectManifest(sink.uri, source, sink.storage_options).load()
+    carried = [
+        {**row, "settings_digest": digest, "run_id": run_id} for path, row in rows.items() if path not in dead_objects
+    ]
+    ObjectManifest(sink.uri, sink.table, sink.storage_options).record(carried)
+    return len(carried)
+
+
 def open_source(config: JobConfig, source: str | None) -> tuple[str, Any, dict[str, Any]]:
     """``(name, table, record)`` of the table to re-embed (default: the one ``sink.table`` serves)."""
     db = connect(config.sink.uri, config.sink.storage_options)
     name = source or serving_table(db, config.sink.table)
     if name not in table_names(db):
-        raise ReembedError(f"sink.table: no table {name!r} at {config.sink.uri!r} to re-embed; run `lateline index`")
+        where = "--from" if source else "sink.table"
+        raise ReembedError(f"{where}: no table {name!r} at {config.sink.uri!r} to re-embed; run `lateline index`")
     table = db.open_table(name)
     record = read_table_record(table)
     if record is None:
@@ -237,19 +253,20 @@ def _execute(
 
                 return build_reembed_dataset(config, stored, fragments, digest, actors, stats, known_ref, context.limit)
 
-            actors, counters = runner._stream(context, build, known, sink, dead_letters, tally)
+            actors, counters = runner.stream_into_sink(context, build, known, sink, dead_letters, tally)
         outcome["written"] = sink.close()
         if context.limit is None:
             present = sink.seen_docs | tally.unchanged | tally.dead_doc_ids
             outcome["deleted"] = sink.delete_documents(sorted(set(known) - present))
+            carry_manifest(config, source, digest, tally.dead_objects, context.run_id)
         dead_letters.flush()
-        outcome["status"] = runner._budget_status(config, tally, outcome["written"]["docs_written"])
+        outcome["status"] = runner.budget_status(config, tally, outcome["written"]["docs_written"])
     except BaseException as exc:
         outcome["error"] = f"{type(exc).__name__}: {exc}"
         raise
     finally:
         tally.print_progress(sink.stats["docs_written"], counters.get("forward_tokens"))
-        summary = runner._summary(context, actors, tally, outcome, counters, started_at, started)
+        summary = runner.run_summary(context, actors, tally, outcome, counters, started_at, started)
         summary["source"] = {"table": source, "version": stored.version, "fragments": len(fragments)}
         summary["source"]["kept_chunks"] = stored.keep_spans
         summary["summary_path"] = str(runner.write_summary(config, context.run_id, summary))

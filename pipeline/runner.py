@@ -192,26 +192,26 @@ def _execute(context: RunContext, sink: LanceSink, dead_letters: DeadLetterLog) 
             def build(actors: ActorPlan, stats: Any, known_ref: Any) -> Any:
                 return build_dataset(config, to_read, digest, actors, stats, known_ref, context.limit)
 
-            actors, counters = _stream(context, build, known, sink, dead_letters, tally)
+            actors, counters = stream_into_sink(context, build, known, sink, dead_letters, tally)
         outcome["written"] = sink.close()
         outcome["deleted"] = _delete_missing(context, sink, known, tally)
         if context.limit is None:
             dead_letters.replace_for([obj.path for obj in to_read])
             manifest.record(_manifest_rows(context.run_id, to_read, digest, tally))
         dead_letters.flush()
-        outcome["status"] = _budget_status(config, tally, outcome["written"]["docs_written"])
+        outcome["status"] = budget_status(config, tally, outcome["written"]["docs_written"])
     except BaseException as exc:
         outcome["error"] = f"{type(exc).__name__}: {exc}"
         raise
     finally:
         tally.print_progress(sink.stats["docs_written"], counters.get("forward_tokens"))
-        summary = _summary(context, actors, tally, outcome, counters, started_at, started)
+        summary = run_summary(context, actors, tally, outcome, counters, started_at, started)
         summary["summary_path"] = str(write_summary(config, context.run_id, summary))
         log(f"{context.job}: {summary['status']}; run summary at {summary['summary_path']}")
     return summary
 
 
-def _stream(
+def stream_into_sink(
     context: RunContext,
     build: Callable[[ActorPlan, Any, Any], Any],
     known: dict,
@@ -278,7 +278,7 @@ def _delete_missing(context: RunContext, sink: LanceSink, known: dict, tally: Ta
     return sink.delete_documents(sorted(gone))
 
 
-def _budget_status(config: JobConfig, tally: Tally, docs_written: int) -> str:
+def budget_status(config: JobConfig, tally: Tally, docs_written: int) -> str:
     dead = sum(tally.dead_lettered.values())
     docs_in = docs_written + len(tally.unchanged) + dead
     limit, fraction = config.runtime.max_dead_letters, config.runtime.max_dead_letter_fraction
@@ -314,7 +314,7 @@ def _snapshot(ray: Any, stats: Any) -> dict[str, float]:
         return {}
 
 
-def _summary(
+def run_summary(
     context: RunContext,
     actors: ActorPlan | None,
     tally: Tally,

@@ -61,7 +61,7 @@ def read_documents(
     """Read source objects into document tables (see :func:`pipeline.sources.read_objects`). ``known`` maps
     doc id -> fingerprint of what the table holds (or is a Ray object ref to such a dict)."""
     started = time.perf_counter()
-    for table in read_objects(objects, source, settings_digest, _resolve_known(known)):
+    for table in read_objects(objects, source, settings_digest, resolve_known(known)):
         report(stats, {"docs_in": table.num_rows, "read_s": time.perf_counter() - started})
         yield table
         started = time.perf_counter()
@@ -71,7 +71,7 @@ def read_documents(
 _KNOWN_CACHE: dict[str, Any] = {}
 
 
-def _resolve_known(known: Any) -> Any:
+def resolve_known(known: Any) -> Any:
     """Fetch a known-fingerprints dict from the object store once per worker process."""
     if known is None or isinstance(known, dict):
         return known
@@ -119,8 +119,13 @@ def chunk_documents(batch: pa.Table, settings: ChunkSettings, stats: Any = None)
         if not spans:
             row.update({schema.ERROR: "no_tokens", schema.ERROR_DETAIL: "the tokenizer found no tokens"})
             continue
-        if any(span.token_end == span.token_start for span in spans):
-            detail = "a stored chunk has no tokens under this model's tokenizer; re-chunk (change chunking)"
+        empty = [(i, s) for i, s in enumerate(spans) if s.token_end == s.token_start]
+        if empty:
+            i, span = empty[0]
+            detail = (
+                f"stored chunk {i} [{span.char_start}:{span.char_end}] has no tokens under this model's tokenizer; "
+                "re-embed with other chunking settings to chunk afresh"
+            )
             row.update({schema.ERROR: "span_without_tokens", schema.ERROR_DETAIL: detail})
             continue
         tokens += len(encoding.ids)

@@ -18,10 +18,13 @@ from jobs import compare as compare_job
 from jobs import index as index_job
 from jobs import promote as promote_job
 from jobs import reembed as reembed_job
+from jobs import retire as retire_job
 from jobs import rollback as rollback_job
+from jobs import search as search_job
 from pipeline import schema
 from pipeline.aliases import alias_state, follow
 from pipeline.config import load_config
+from pipeline.lock import TableLock
 from pipeline.model import resolve_model_path
 from pipeline.runner import run_index
 from pipeline.search import search
@@ -127,6 +130,7 @@ def test_reembed_promote_rollback_and_never_two_models_in_a_table(
     after = _summary(tmp_path)
     assert after["table"]["name"] == new_name and after["counts"]["forward_passes"] == 0
     assert after["counts"]["docs_skipped_unchanged"] == len(DOCS)
+    assert after["source"]["objects_skipped_unchanged"] == 1  # the manifest was carried over: not even read
     assert set(_table(tmp_path, new_name)[schema.MODEL].to_pylist()) == {new[schema.MODEL][0].as_py()}
 
     assert rollback_job.main(["--config", str(old_config)]) == 0
@@ -136,6 +140,13 @@ def test_reembed_promote_rollback_and_never_two_models_in_a_table(
     assert [row["action"] for row in state.history] == ["initial", "promote", "rollback"]
     assert rollback_job.main(["--config", str(old_config)]) == 2  # nothing earlier to roll back to
     assert "no earlier table" in capsys.readouterr().err
+    # Rolled back to the first table, the alias still hands its model to a job configured with the new one.
+    followed, _ = follow(load_config(new_config))
+    assert followed.sink.table == "chunks" and followed.model.name_or_path != other_model
+
+    assert retire_job.main(["--config", str(old_config), "--unserved"]) == 0
+    assert lancedb.connect(str(tmp_path / "db")).table_names() == ["chunks", "chunks__alias", "chunks__objects"]
+    assert retire_job.main(["--config", str(old_config), "--table", "chunks"]) == 2  # the serving table
 
 
 def test_writing_or_searching_with_another_model_is_refused_with_how_to_reembed(
@@ -161,6 +172,18 @@ def test_promote_refuses_an_incomplete_table(ray_session, tmp_path: Path, corpus
     assert promote_job.main(["--config", str(new_config)]) == 2
     assert f"lacks {len(DOCS) - 2} of the {len(DOCS)} documents" in capsys.readouterr().err
     assert follow(load_config(old_config))[0].sink.table == "chunks"
+    new_name = _summary(tmp_path)["table"]["name"]
+    with TableLock(str(tmp_path / "db"), new_name, "a-running-reembed"):  # a job still writing it
+        assert promote_job.main(["--config", str(new_config), "--force"]) == 4
+    assert promote_job.main(["--config", str(new_config), "--force"]) == 0
+    assert follow(load_config(old_config))[0].sink.table == new_name
+    # An alias serving a table someone dropped is an error that says what to do, not a silent new table.
+    lancedb.connect(str(tmp_path / "db")).drop_table(new_name)
+    capsys.readouterr()
+    assert search_job.main(["--config", str(old_config), "lambda"]) == 2
+    assert "no longer exists" in capsys.readouterr().err
+    assert rollback_job.main(["--config", str(old_config)]) == 0
+    assert search_job.main(["--config", str(old_config), "lambda"]) == 0
 
 
 def test_float16_storage_halves_the_vectors_and_search_still_works(ray_session, tmp_path: Path, corpus: Path):

@@ -1,0 +1,48 @@
+"""``lateline retire``: drop tables an alias no longer serves (with their dead-letter and manifest tables).
+
+``--table T`` (repeatable) names them; ``--unserved`` takes every table of the alias (``<sink.table>`` and
+``<sink.table>__*``) except the one it serves. A table a rollback could return to is dropped only when named
+or with ``--unserved``: after that, rollback to it is refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from jobs.common import config_arguments, fail, parse
+from pipeline.aliases import AliasError, alias_state, model_tables, retire
+from pipeline.lock import TableLocked
+from pipeline.runner import EXIT_CODES
+from pipeline.sink import connect
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="lateline retire", description=__doc__)
+    config_arguments(p)
+    p.add_argument("--table", dest="tables", action="append", default=[], help="a table to drop (repeatable)")
+    p.add_argument("--unserved", action="store_true", help="drop every table of the alias it does not serve")
+    args, config = parse(p, argv, serving=False)
+    if isinstance(config, int):
+        return config
+    sink = config.sink
+    db = connect(sink.uri, sink.storage_options)
+    serving = alias_state(db, sink.table).serving
+    tables = list(args.tables)
+    if args.unserved:
+        tables += [t for t in model_tables(db, sink.table) if t != serving and t not in tables]
+    if not tables:
+        return fail("name tables with --table, or pass --unserved", "config")
+    try:
+        dropped = retire(db, sink.uri, sink.table, tables, sink.storage_options)
+    except AliasError as exc:
+        return fail(str(exc), "config")
+    except TableLocked as exc:
+        return fail(str(exc), "locked")
+    print(json.dumps({"alias": sink.table, "serving": serving, "dropped": dropped}, indent=2))
+    return EXIT_CODES["ok"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
