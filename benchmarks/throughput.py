@@ -107,26 +107,27 @@ def s3_filesystem(endpoint: str) -> Any:
 
 
 # --- memory of a process tree ----------------------------------------------------------------------------
-def _children(pid: int) -> list[int]:
-    found = []
+def _children_by_parent() -> dict[int, list[int]]:
+    """One pass over /proc: parent pid -> child pids."""
+    children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
                 continue
-            if int(fields[1]) == pid:
-                found.append(int(entry.name))
-    return found
+            children.setdefault(parent, []).append(int(entry.name))
+    return children
 
 
 def tree_pss_bytes(root: int) -> int:
     """Proportional set size of ``root`` and all its descendants (shared pages counted once, split among
     their users), so Ray's shared object store is not counted per worker."""
+    children = _children_by_parent()
     total, stack = 0, [root]
     while stack:
         pid = stack.pop()
-        stack.extend(_children(pid))
+        stack.extend(children.get(pid, []))
         try:
             for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
                 if line.startswith("Pss:"):
@@ -140,7 +141,7 @@ def tree_pss_bytes(root: int) -> int:
 class PeakMemory:
     """Samples the PSS of a process tree every ``interval`` seconds in a thread; ``peak`` in bytes."""
 
-    def __init__(self, pid: int, interval: float = 0.5) -> None:
+    def __init__(self, pid: int, interval: float = 1.0) -> None:
         self.pid, self.interval, self.peak = pid, interval, 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)

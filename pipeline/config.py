@@ -103,7 +103,7 @@ class BatchingConfig(_Strict):
 
     max_tokens: int = Field(default=16_384, gt=0)
     max_sequences: int = Field(default=256, gt=0)
-    docs_per_block: int = Field(default=64, gt=0)
+    docs_per_block: int = Field(default=128, gt=0)
 
 
 class SinkConfig(_Strict):

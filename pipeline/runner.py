@@ -298,11 +298,17 @@ def _init_ray() -> Any:
     # Ray starts its workers with fork+exec, which is safe for LanceDB's runtime; its warning is noise here.
     warnings.filterwarnings("ignore", message="lancedb fork support is experimental")
     if not ray.is_initialized():
+        address = os.environ.get("RAY_ADDRESS") or None
+        # A Ray this job starts runs its workers at nice 15 by default, below the driver: on a small machine the
+        # driver's streaming loop then takes its CPU from the embedding actor, the critical path. Equal priority
+        # measured 1.2x faster end to end on 2 cores. A cluster's own setting is left alone.
+        system_config = None if address else {"worker_niceness": 0}
         ray.init(
-            address=os.environ.get("RAY_ADDRESS") or None,
+            address=address,
             logging_level=logging.WARNING,
             log_to_driver=True,
             include_dashboard=False,
+            _system_config=system_config,
         )
     return ray
 
