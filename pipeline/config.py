@@ -128,7 +128,10 @@ class SinkConfig(_Strict):
 
 class RuntimeConfig(_Strict):
     """Ray resources. ``num_actors: auto`` sizes the embedding pool from the cluster (one per GPU, else from
-    CPUs). ``num_gpus_per_actor: auto`` uses one GPU per actor when the cluster has GPUs."""
+    CPUs). ``num_gpus_per_actor: auto`` uses one GPU per actor when the cluster has GPUs.
+    ``object_store_budget_mb``: blocks in flight for this job (reading runs far ahead of embedding; without a
+    cap, Ray Data lets them pile up in the object store and memory grows with the corpus); ``null``: Ray's
+    default."""
 
     num_actors: int | Literal["auto"] = "auto"
     num_cpus_per_actor: float = Field(default=1.0, gt=0)
@@ -137,6 +140,7 @@ class RuntimeConfig(_Strict):
     summary_dir: str = "runs"
     progress_seconds: float = Field(default=10.0, gt=0)
     ray_progress_bars: bool = False
+    object_store_budget_mb: float | None = Field(default=512, gt=0)
     max_dead_letters: int | None = Field(default=None, ge=0)
     max_dead_letter_fraction: float | None = Field(default=None, ge=0, le=1)
 

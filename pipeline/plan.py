@@ -56,9 +56,8 @@ def build_dataset(
     """The lazy Ray Dataset of embedded chunk rows (``schema.embedded_schema``) for ``objects``. ``known``
     (doc id -> fingerprint, or an object ref to it) lets readers drop unchanged documents."""
     import ray
-    from ray.data import DataContext
 
-    DataContext.get_current().enable_progress_bars = config.runtime.ray_progress_bars
+    _apply_runtime(config)
     dataset = ray.data.from_items(objects_table(objects), override_num_blocks=max(1, min(len(objects), 10_000)))
     # Reading and chunking ask for half a CPU: a resource shape unlike the actors' keeps Ray from fusing them
     # into the embedding actors, so tokenizing runs beside the forward passes instead of before each one.
@@ -70,6 +69,18 @@ def build_dataset(
         fn_kwargs={"source": config.source, "settings_digest": settings_digest, "known": known, "stats": stats},
     )
     return embed_documents(dataset, config, actors, stats, limit)
+
+
+def _apply_runtime(config: JobConfig) -> None:
+    """Ray Data settings of this job: progress bars, and the object-store budget that keeps memory flat."""
+    from ray.data import DataContext
+    from ray.data._internal.execution.interfaces import ExecutionResources
+
+    context = DataContext.get_current()
+    context.enable_progress_bars = config.runtime.ray_progress_bars
+    budget = config.runtime.object_store_budget_mb
+    limits = ExecutionResources.for_limits(object_store_memory=budget * 2**20 if budget else None)
+    context.execution_options.resource_limits = limits
 
 
 def embed_documents(dataset: Any, config: JobConfig, actors: ActorPlan, stats: Any = None, limit: int | None = None):
@@ -123,11 +134,10 @@ def build_reembed_dataset(
     :class:`pipeline.reembed.StoredTable`) are read in tasks and rebuilt into documents, then embedded with
     ``config``'s model like any other source."""
     import ray
-    from ray.data import DataContext
 
     from pipeline.reembed import read_stored_documents
 
-    DataContext.get_current().enable_progress_bars = config.runtime.ray_progress_bars
+    _apply_runtime(config)
     items = [{"fragment_id": fragment} for fragment in fragment_ids]
     dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 10_000)))
     dataset = dataset.map_batches(

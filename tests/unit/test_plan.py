@@ -55,3 +55,30 @@ def test_zero_gpus_per_actor_forces_cpu_actors_on_a_gpu_cluster() -> None:
 def test_explicit_torch_threads_are_passed_through() -> None:
     assert size_actor_pool(RuntimeConfig(torch_threads=3), cluster_cpus=16, cluster_gpus=0).torch_threads == 3
     assert size_actor_pool(RuntimeConfig(torch_threads=3), cluster_cpus=16, cluster_gpus=1).torch_threads == 3
+
+
+def test_the_object_store_budget_caps_what_ray_data_keeps_in_flight() -> None:
+    from ray.data import DataContext
+
+    from pipeline.config import parse_config
+    from pipeline.plan import _apply_runtime
+
+    context = DataContext.get_current()
+    saved = context.execution_options.resource_limits
+    try:
+        _apply_runtime(parse_config({"source": {"uri": "x", "format": "jsonl"}}))
+        assert context.execution_options.resource_limits.object_store_memory == 512 * 2**20
+        _apply_runtime(
+            parse_config({"source": {"uri": "x", "format": "jsonl"}, "runtime": {"object_store_budget_mb": None}})
+        )
+        assert context.execution_options.resource_limits.object_store_memory == float("inf")
+    finally:
+        context.execution_options.resource_limits = saved
+
+
+def test_large_allocations_are_returned_to_the_os_on_glibc() -> None:
+    import platform
+
+    from pipeline.stages import release_freed_memory
+
+    assert release_freed_memory() is (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
