@@ -12,7 +12,7 @@ from typing import Any
 
 from pipeline.config import JobConfig, RuntimeConfig
 from pipeline.sources import SourceObject, objects_table
-from pipeline.stages import ChunkSettings, EmbedChunks, chunk_documents, read_documents
+from pipeline.stages import EmbedChunks, chunk_documents, chunk_settings, read_documents
 
 CPU_TASK_CPUS = 0.5
 CPUS_PER_CPU_ACTOR = 4  # on CPU-only clusters, one embedding actor per this many CPUs (matmuls scale sublinearly)
@@ -95,13 +95,12 @@ def embed_documents(dataset: Any, config: JobConfig, actors: ActorPlan, stats: A
     # and the driver, as one block. Streaming repartition keeps blocks at docs_per_block documents, so progress,
     # memory and commits stay fine-grained whatever the file sizes.
     dataset = dataset.repartition(target_num_rows_per_block=block)
-    chunk_settings = ChunkSettings(config.model, config.chunking)
     dataset = dataset.map_batches(
         chunk_documents,
         batch_size=block,
         batch_format="pyarrow",
         num_cpus=CPU_TASK_CPUS,
-        fn_kwargs={"settings": chunk_settings, "stats": stats},
+        fn_kwargs={"settings": chunk_settings(config.model, config.chunking), "stats": stats},
     )
     return dataset.map_batches(
         EmbedChunks,

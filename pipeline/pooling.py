@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
-import torch
 
 from pipeline.chunking import token_windows
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: Ray's reading and tokenizing workers never load it
+    import torch
 
 POOLING_VERSIONS = {"late": "late@v1", "naive": "naive@v1"}
 
@@ -130,6 +132,8 @@ def plan_naive(
 
 def piece_sums(hidden: torch.Tensor, rows: torch.Tensor, starts: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
     """Sum of ``hidden[row, start:end]`` for each piece, via one cumulative sum (``hidden``: [B, L, D])."""
+    import torch
+
     hidden = hidden.float()
     cumulative = torch.nn.functional.pad(hidden.cumsum(dim=1), (0, 0, 1, 0))
     return cumulative[rows, ends] - cumulative[rows, starts]

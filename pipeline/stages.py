@@ -26,7 +26,6 @@ import pyarrow.compute as pc
 from pipeline import schema
 from pipeline.chunking import Span, chunk_spans, token_spans_for_chars
 from pipeline.config import BatchingConfig, ChunkingConfig, EmbeddingConfig, ModelConfig, SourceConfig
-from pipeline.embedding import ChunkEmbedder, is_out_of_memory
 from pipeline.model import load_model, load_tokenizer, raw_tokenizer, resolve_model_path
 from pipeline.sources import read_objects
 
@@ -86,13 +85,36 @@ def resolve_known(known: Any) -> Any:
 
 @dataclass(frozen=True)
 class ChunkSettings:
-    """What the chunk stage needs: the tokenizer's model and the chunker."""
+    """What the chunk stage needs: the tokenizer's model, the chunker and, from :func:`chunk_settings`, the
+    driver's tokenizer serialised (``tokenizers`` JSON)."""
 
     model: ModelConfig
     chunking: ChunkingConfig
+    tokenizer_json: str | None = None
 
 
-def _document_tokenizer(model: ModelConfig) -> Any:
+def chunk_settings(model: ModelConfig, chunking: ChunkingConfig) -> ChunkSettings:
+    """Settings that carry the tokenizer as loaded here (through transformers, which may adjust tokenizer.json
+    from tokenizer_config.json). The workers rebuild exactly that tokenizer from its JSON with the ``tokenizers``
+    library alone: loading it through transformers would import torch in every tokenizing worker (a second or
+    two of CPU and 100+ MiB each)."""
+    return ChunkSettings(model, chunking, _tokenizer_of_model(model).to_str())
+
+
+def _document_tokenizer(settings: ChunkSettings) -> Any:
+    if settings.tokenizer_json is not None:
+        return _tokenizer_from_json(settings.tokenizer_json)
+    return _tokenizer_of_model(settings.model)
+
+
+@lru_cache(maxsize=2)
+def _tokenizer_from_json(tokenizer_json: str) -> Any:
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_str(tokenizer_json)
+
+
+def _tokenizer_of_model(model: ModelConfig) -> Any:
     options = json.dumps(model.storage_options, sort_keys=True, default=str)
     return _cached_tokenizer(model.name_or_path, model.revision, model.trust_remote_code, options)
 
@@ -112,7 +134,7 @@ def chunk_documents(batch: pa.Table, settings: ChunkSettings, stats: Any = None)
     rows = batch.to_pylist()
     good = [row for row in rows if row[schema.ERROR] is None]
     tokens = 0
-    for row, encoding in zip(good, _tokenize(settings.model, good)):
+    for row, encoding in zip(good, _tokenize(settings, good)):
         if encoding is None:
             continue
         spans = _spans_of(row, encoding.offsets, settings.chunking)
@@ -137,10 +159,10 @@ def chunk_documents(batch: pa.Table, settings: ChunkSettings, stats: Any = None)
     return pa.Table.from_pylist(rows, schema=schema.CHUNKED_DOCUMENTS)
 
 
-def _tokenize(model: ModelConfig, rows: list[dict[str, Any]]) -> list[Any]:
+def _tokenize(settings: ChunkSettings, rows: list[dict[str, Any]]) -> list[Any]:
     """Encodings of the rows' texts (in parallel); if the batch fails, one by one, and a document whose
     tokenizing fails is marked ``tokenize_failed`` (its encoding is ``None``)."""
-    tokenizer = _document_tokenizer(model)
+    tokenizer = _document_tokenizer(settings)
     try:
         return tokenizer.encode_batch([row[schema.TEXT] for row in rows], add_special_tokens=False)
     except Exception:
@@ -210,9 +232,13 @@ class EmbedChunks:
         torch_threads: int | None = None,
         stats: Any = None,
     ) -> None:
-        if torch_threads:
-            import torch
+        # torch is imported here, in the actor, and not at module level: the reading and tokenizing workers
+        # import this module too, and torch would cost each of them about a second of CPU and 100+ MiB.
+        import torch
 
+        from pipeline.embedding import ChunkEmbedder
+
+        if torch_threads:
             torch.set_num_threads(torch_threads)
         self.loaded = load_model(model, embedding.document_prefix)
         self.embedder = ChunkEmbedder(
@@ -241,6 +267,8 @@ class EmbedChunks:
         try:
             return self.embedder.embed([_doc_input(row) for row in rows]), {}
         except Exception:
+            from pipeline.embedding import is_out_of_memory
+
             failed: dict[int, str] = {}
             parts = []
             for row in rows:

@@ -73,3 +73,35 @@ def test_lancedb_storage_options_become_s3fs_arguments() -> None:
         "client_kwargs": {"endpoint_url": "http://127.0.0.1:9000", "region_name": "eu-west-1"},
     }
     assert fsspec_options({}) == {}
+
+
+def test_tokenizing_workers_rebuild_the_drivers_tokenizer_without_torch(tmp_path) -> None:
+    """The chunk stage's tokenizer comes from the driver as JSON: same ids and offsets as the tokenizer loaded
+    through transformers, and a worker process that reads, tokenizes and chunks never imports torch."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    settings = stages.chunk_settings(ModelConfig(), ChunkingConfig(strategy="tokens", size=8))
+    text = "Late chunking pools spans after one forward pass. Ünïcödé café — “quotes” 日本語\tand\nnewlines."
+    rebuilt = stages._document_tokenizer(settings).encode(text, add_special_tokens=False)
+    loaded = stages._tokenizer_of_model(settings.model).encode(text, add_special_tokens=False)
+    assert (rebuilt.ids, rebuilt.offsets) == (loaded.ids, loaded.offsets)
+
+    (tmp_path / "tokenizer.json").write_text(settings.tokenizer_json)
+    script = f"""
+import sys
+from pathlib import Path
+import pyarrow as pa
+from pipeline import schema, stages
+from pipeline.config import ChunkingConfig, ModelConfig
+settings = stages.ChunkSettings(ModelConfig(), ChunkingConfig(strategy="tokens", size=8),
+                                Path({str(tmp_path / "tokenizer.json")!r}).read_text())
+row = {{schema.DOC_ID: "a", schema.TEXT: {text!r}, schema.SOURCE_URI: "mem://x", schema.METADATA: "{{}}",
+        schema.DOC_FINGERPRINT: "f"}}
+out = stages.chunk_documents(pa.Table.from_pylist([row], schema=schema.DOCUMENTS), settings).to_pylist()[0]
+print(out[schema.INPUT_IDS] == {list(loaded.ids)!r}, "torch" in sys.modules, "transformers" in sys.modules)
+"""
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["True", "False", "False"], result.stderr
