@@ -198,8 +198,8 @@ def run_lateline(work: Path, source_uri: str, mode: str, name: str) -> dict[str,
         "tokens": counts["document_tokens"],
         "forward_tokens": counts["forward_tokens"],
         "padding_waste": summary["padding_waste"],
-        "phases_s": {"read": phases["read"], "tokenize": phases["chunk"], "forward": phases["embed"]}
-        | {"write": phases["write"], "other": wall - phases["embed"]},
+        "phases_s": {"model_load": phases["model_load"], "read": phases["read"], "tokenize": phases["chunk"]}
+        | {"forward": phases["embed"], "write": phases["write"], "other": wall - phases["embed"]},
         "dtype": _dtype_of(config),
     }
 
@@ -338,10 +338,12 @@ def worker(variant: str, work: Path, scale: str) -> None:
 
 # --- the parent: prepare, run each variant in a subprocess, report -----------------------------------------
 def run_variant(variant: str, work: Path, scale: str, env: dict[str, str]) -> dict[str, Any]:
+    """Run one variant in a subprocess. A sample of a Ray process tree's PSS costs ~60 ms of CPU, taken from the
+    run it measures: the memory check samples every second, the speed runs every 5 s (3% vs 0.6% of 2 cores)."""
     command = [sys.executable, __file__, "--worker", variant, "--work", str(work), "--scale", scale]
     print(f"  running {variant} ({scale}) ...", flush=True)
     process = subprocess.Popen(command, env=env, cwd=ROOT)
-    memory = PeakMemory(process.pid)
+    memory = PeakMemory(process.pid, interval=1.0 if scale.startswith("memory") else 5.0)
     code = process.wait()
     peak = memory.stop()
     if code != 0:
@@ -365,6 +367,10 @@ def ratios(results: dict[str, dict[str, Any]]) -> dict[str, float]:
         for mode in ("late", "naive"):
             if mode in results and other in results:
                 out[f"{mode}_vs_{other.replace('-', '_')}"] = speed(mode, other)
+    for other in ("st-default", "st-bf16"):
+        if "raw" in results and other in results:
+            # An upper bound on late_vs_<other>: late mode cannot beat the bare forward over its own tokens.
+            out[f"ceiling_vs_{other.replace('-', '_')}"] = speed("raw", other)
     if "late" in results and "raw" in results:
         out["late_share_of_ceiling"] = speed("late", "raw")
         raw = results["raw"]

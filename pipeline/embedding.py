@@ -60,7 +60,7 @@ class ChunkEmbedder:
     model: LoadedModel
     mode: str = "late"
     window_overlap: int = 64
-    max_tokens: int = 16_384
+    max_tokens: int = 4096
     max_sequences: int = 256
     stats: ForwardStats = field(default_factory=ForwardStats)
 

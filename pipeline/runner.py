@@ -375,6 +375,7 @@ def run_summary(
             "wall": round(wall, 3),
             "read": round(counters.get("read_s", 0), 3),
             "chunk": round(counters.get("chunk_s", 0), 3),
+            "model_load": round(counters.get("model_load_s", 0), 3),
             "embed": round(counters.get("embed_s", 0), 3),
             "write": round(written.get("write_s", 0), 3),
         },

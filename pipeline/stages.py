@@ -232,6 +232,7 @@ class EmbedChunks:
         torch_threads: int | None = None,
         stats: Any = None,
     ) -> None:
+        started = time.perf_counter()
         # torch is imported here, in the actor, and not at module level: the reading and tokenizing workers
         # import this module too, and torch would cost each of them about a second of CPU and 100+ MiB.
         import torch
@@ -246,6 +247,7 @@ class EmbedChunks:
         )
         self.output_schema = schema.embedded_schema(self.loaded.identity.dim)
         self.stats = stats
+        report(stats, {"model_load_s": time.perf_counter() - started})
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         schema.require_columns(batch, schema.CHUNKED_DOCUMENTS, "EmbedChunks")
