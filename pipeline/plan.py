@@ -93,8 +93,9 @@ def embed_documents(dataset: Any, config: JobConfig, actors: ActorPlan, stats: A
         dataset = dataset.limit(limit)
     # Ray merges a task's outputs into blocks of up to 128 MiB: one large file would reach the embedding actors,
     # and the driver, as one block. Streaming repartition keeps blocks at docs_per_block documents, so progress,
-    # memory and commits stay fine-grained whatever the file sizes.
-    dataset = dataset.repartition(target_num_rows_per_block=block)
+    # memory and commits stay fine-grained whatever the file sizes. Strict: without it, files of 250 documents
+    # stayed 250-row blocks and the 256-row batches merged two of them into one 500-document block.
+    dataset = dataset.repartition(target_num_rows_per_block=block, strict=True)
     dataset = dataset.map_batches(
         chunk_documents,
         batch_size=block,
