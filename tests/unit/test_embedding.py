@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from types import SimpleNamespace
 
@@ -175,3 +176,31 @@ def test_a_batch_without_padding_runs_without_a_mask_and_equals_the_reference(ti
     assert masks == [None]
     expected = np.concatenate([late_reference(tiny_bert, ids, spans, FRAME, 8) for ids, spans in docs])
     np.testing.assert_allclose(vectors, expected, atol=1e-5)
+
+
+def test_the_autocast_path_runs_the_forward_in_bf16_over_fp32_weights_and_stays_close(tiny_bert) -> None:
+    """The CUDA path (fp32 weights, each forward under autocast) exercised on CPU, where autocast also exists:
+    the encoder's matmuls run in bf16, the weights stay fp32, and the vectors stay close to the fp32 ones."""
+    docs = make_docs(3, DOCS_LENGTHS)
+    exact = ChunkEmbedder(tiny_loaded(tiny_bert), "late", window_overlap=6).embed(docs)
+    loaded = dataclasses.replace(tiny_loaded(tiny_bert), dtype="bfloat16", autocast=True)
+    seen = []
+    linear = next(m for m in tiny_bert.modules() if isinstance(m, torch.nn.Linear))
+    handle = linear.register_forward_hook(lambda module, args, output: seen.append(output.dtype))
+    try:
+        mixed = ChunkEmbedder(loaded, "late", window_overlap=6).embed(docs)
+    finally:
+        handle.remove()
+    assert seen and set(seen) == {torch.bfloat16}
+    assert next(tiny_bert.parameters()).dtype == torch.float32
+    assert mixed.dtype == np.float32 and (mixed * exact).sum(axis=1).min() >= 0.99
+
+
+def test_auto_dtype_is_bf16_on_cuda_that_supports_it_else_fp16(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.model import pick_dtype
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert pick_dtype("auto", "cuda") == "bfloat16" and pick_dtype("auto", "cuda:1") == "bfloat16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert pick_dtype("auto", "cuda") == "float16"
+    assert pick_dtype("float32", "cuda") == "float32"

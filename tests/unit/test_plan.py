@@ -79,6 +79,8 @@ def test_the_object_store_budget_caps_what_ray_data_keeps_in_flight() -> None:
 def test_large_allocations_are_returned_to_the_os_on_glibc() -> None:
     import platform
 
-    from pipeline.stages import release_freed_memory
+    from pipeline.embedding import release_freed_memory
 
-    assert release_freed_memory() is (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
+    glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert release_freed_memory() is glibc
+    assert release_freed_memory(keep_bytes=2**40) is glibc  # within the slack: nothing to trim, still fine
