@@ -38,6 +38,15 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
 
+class _Mallinfo2(ctypes.Structure):
+    """glibc's ``struct mallinfo2`` (2.33+): heap statistics summed over all arenas."""
+
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks")
+    ] + [("keepcost", ctypes.c_size_t)]
+
+
 @lru_cache(maxsize=1)
 def _libc() -> Any:
     try:
@@ -49,15 +58,6 @@ def _libc() -> Any:
     if hasattr(libc, "mallinfo2"):
         libc.mallinfo2.restype = _Mallinfo2
     return libc
-
-
-class _Mallinfo2(ctypes.Structure):
-    """glibc's ``struct mallinfo2`` (2.33+): heap statistics summed over all arenas."""
-
-    _fields_ = [
-        (name, ctypes.c_size_t)
-        for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks")
-    ] + [("keepcost", ctypes.c_size_t)]
 
 
 def release_freed_memory(keep_bytes: int = 0) -> bool:
