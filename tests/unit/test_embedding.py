@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.embedding import ChunkEmbedder
+from pipeline.embedding import ChunkEmbedder, release_freed_memory
 from pipeline.model import LoadedModel, ModelIdentity
 from pipeline.pooling import Frame, late_pool, macro_windows, stitch
 
@@ -204,3 +204,11 @@ def test_auto_dtype_is_bf16_on_cuda_that_supports_it_else_fp16(monkeypatch: pyte
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
     assert pick_dtype("auto", "cuda") == "float16"
     assert pick_dtype("float32", "cuda") == "float32"
+
+
+def test_large_allocations_are_returned_to_the_os_on_glibc() -> None:
+    import platform
+
+    glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert release_freed_memory() is glibc
+    assert release_freed_memory(keep_bytes=2**40) is glibc  # within the slack: nothing to trim, still fine
