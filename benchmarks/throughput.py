@@ -6,7 +6,9 @@ Variants (each in a fresh subprocess, so its peak memory is its own):
   st-default   sentence-transformers ``encode`` of the same naive chunks, its defaults (what users write)
   st-bf16      the same with the weights in bfloat16
   raw          the bare model forward over exactly the sequences lateline's late mode runs, packed the same
-               way (the ceiling for this model here), plus a measured matmul peak for model FLOP utilisation
+               way, timed as a plain loop on all threads and as one single-threaded batch per thread at once;
+               the faster is the ceiling for this model here. Plus a measured matmul peak for model FLOP
+               utilisation
   memory       lateline late mode at ``--memory-docs`` and 10x that: peak memory must stay flat
 
 The corpus is real prose of mixed lengths: pydoc topics (the Python docs shipped with the stdlib), each
@@ -18,6 +20,7 @@ chunk texts prepared beforehand (reading, chunking and writing not counted, in i
     python benchmarks/throughput.py                      # 300 docs, a few minutes
     python benchmarks/throughput.py --docs 2000          # the size the targets are stated at
     python benchmarks/throughput.py --variants late,raw  # a subset
+    python benchmarks/throughput.py --set runtime.threads_per_forward=2   # lateline (and the ceiling) tuned
 
 Prints a table and the ratios, writes ``throughput.json`` and ``throughput.png`` under ``--out``.
 """
@@ -36,6 +39,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -159,7 +163,9 @@ class PeakMemory:
 
 
 # --- the variants (run inside a worker subprocess) -------------------------------------------------------
-def lateline_config(work: Path, source_uri: str, mode: str, name: str) -> Any:
+def lateline_config(work: Path, source_uri: str, mode: str, name: str, overrides: list[str] = ()) -> Any:
+    """The benchmark's lateline config: ``configs/local.yaml`` with the corpus, chunking and sink of this run,
+    then the user's ``--set`` overrides."""
     from pipeline.config import apply_overrides, load_config, parse_config
 
     base = load_config(ROOT / "configs" / "local.yaml").model_dump()
@@ -176,15 +182,16 @@ def lateline_config(work: Path, source_uri: str, mode: str, name: str) -> Any:
             f"runtime.summary_dir={work / 'runs'}",
             "runtime.progress_seconds=30",
             "maintain.after_run=false",
+            *overrides,
         ],
     )
     return parse_config(raw)
 
 
-def run_lateline(work: Path, source_uri: str, mode: str, name: str) -> dict[str, Any]:
+def run_lateline(work: Path, source_uri: str, mode: str, name: str, overrides: list[str]) -> dict[str, Any]:
     from pipeline.runner import run_index
 
-    config = lateline_config(work, source_uri, mode, name)
+    config = lateline_config(work, source_uri, mode, name, overrides)
     started = time.perf_counter()
     summary = run_index(config, job="backfill")
     wall = time.perf_counter() - started
@@ -258,17 +265,16 @@ def _st_padded_tokens(texts: list[str], lengths: list[int], batch_size: int) -> 
     return sum(len(batch) * max(lengths[i] for i in batch) for batch in batches)
 
 
-def run_raw_forward(docs: list[dict[str, str]]) -> dict[str, Any]:
-    """The model forward alone over lateline's late-mode sequences, packed by its batcher, in its dtype."""
-    import torch
-
+def run_raw_forward(docs: list[dict[str, str]], config: Any) -> dict[str, Any]:
+    """The model forward alone over lateline's late-mode sequences (``config``'s model, window overlap and
+    token budget), packed by its batcher, in its dtype. Timed two ways on all CPUs: one batch at a time using
+    every thread (the plain loop), and one single-threaded batch per thread at once (how lateline's CPU actor
+    runs them); the ceiling is the faster."""
     from pipeline.batching import pack_by_token_budget
     from pipeline.chunking import chunk_spans
-    from pipeline.config import load_config
     from pipeline.embedding import ChunkEmbedder
     from pipeline.model import load_model, raw_tokenizer
 
-    config = load_config(ROOT / "configs" / "local.yaml")
     model = load_model(config.model, device="cpu")
     backend = raw_tokenizer(model.tokenizer)
     inputs = []
@@ -278,26 +284,52 @@ def run_raw_forward(docs: list[dict[str, str]]) -> dict[str, Any]:
     embedder = ChunkEmbedder(model, "late", config.embedding.window_overlap, config.batching.max_tokens)
     sequences = embedder.plan(inputs).sequences
     batches = list(pack_by_token_budget([len(s) for s in sequences], config.batching.max_tokens, 256))
-    started = time.perf_counter()
-    with torch.inference_mode():
-        for batch in batches:
-            ids, mask = embedder._pad([sequences[i] for i in batch])
-            model.encoder(input_ids=ids, attention_mask=mask)
-    seconds = time.perf_counter() - started
+    threads = _torch_threads()
+    timings = {
+        f"plain_loop_{threads}_threads": time_forwards(embedder, sequences, batches, threads, parallel=1),
+        f"{threads}_batches_at_once": time_forwards(embedder, sequences, batches, 1, parallel=threads),
+    }
+    best = min(timings, key=timings.get)
     lengths = [len(s) for s in sequences]
     padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
     return {
-        "wall_s": seconds,
+        "wall_s": timings[best],
+        "arrangement": best,
         "docs": len(docs),
         "chunks": sum(len(spans) for _, spans in inputs),
         "tokens": sum(len(ids) for ids, _ in inputs),
         "forward_tokens": sum(lengths),
         "padding_waste": 1 - sum(lengths) / padded,
-        "phases_s": {"forward": seconds},
+        "phases_s": timings,
         "dtype": model.dtype,
         "flop_per_token": flop_per_token(model.encoder.config, lengths),
         "matmul_peak_gflops": {dtype: matmul_peak_gflops(dtype) for dtype in ("float32", "bfloat16")},
     }
+
+
+def time_forwards(embedder: Any, sequences: list[list[int]], batches: list[list[int]], threads: int, parallel: int):
+    """Seconds to run the bare encoder over ``batches``: ``parallel`` batches at once, ``threads`` torch threads
+    each (the torch setting is restored afterwards)."""
+    import torch
+
+    def forward(batch: list[int]) -> None:
+        ids, mask = embedder._pad([sequences[i] for i in batch])
+        with torch.inference_mode():
+            embedder.model.encoder(input_ids=ids, attention_mask=mask)
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        started = time.perf_counter()
+        if parallel == 1:
+            for batch in batches:
+                forward(batch)
+        else:
+            with ThreadPoolExecutor(parallel) as pool:
+                list(pool.map(forward, batches))
+        return time.perf_counter() - started
+    finally:
+        torch.set_num_threads(before)
 
 
 def flop_per_token(model_config: Any, lengths: list[int]) -> float:
@@ -325,12 +357,13 @@ def worker(variant: str, work: Path, scale: str) -> None:
     """Run one variant in this process and write ``<work>/<variant>.json``."""
     corpus = json.loads((work / f"corpus-{scale}.json").read_text())
     source_uri = f"s3://{BUCKET}/{scale}"
+    overrides = json.loads((work / "overrides.json").read_text())
     if variant in {"late", "naive"}:
-        result = run_lateline(work, source_uri, variant, f"{variant}-{scale}")
+        result = run_lateline(work, source_uri, variant, f"{variant}-{scale}", overrides)
     elif variant.startswith("st-"):
         result = run_sentence_transformers(corpus, bf16=variant == "st-bf16")
     elif variant == "raw":
-        result = run_raw_forward(corpus)
+        result = run_raw_forward(corpus, lateline_config(work, source_uri, "late", "raw", overrides))
     else:
         raise ValueError(f"unknown variant {variant!r}")
     (work / f"{variant}-{scale}.json").write_text(json.dumps(result))
@@ -435,6 +468,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list of {', '.join(VARIANTS)}")
     parser.add_argument("--out", default="eval-results/throughput", help="directory for JSON and PNG")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override for lateline's runs and the ceiling, e.g. --set runtime.num_actors=2 (repeatable)",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     parser.add_argument("--scale", help=argparse.SUPPRESS)
@@ -446,11 +486,18 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
         parser.error(f"--variants: unknown {unknown} (allowed: {', '.join(VARIANTS)})")
+    from pipeline.config import ConfigError
+
+    try:
+        lateline_config(Path(tempfile.gettempdir()), "s3://bucket/prefix", "late", "check", args.set)
+    except ConfigError as exc:
+        parser.error(f"--set: {exc}")
     return benchmark(args, variants)
 
 
 def benchmark(args: argparse.Namespace, variants: list[str]) -> int:
     work = Path(tempfile.mkdtemp(prefix="lateline-throughput-"))
+    (work / "overrides.json").write_text(json.dumps(args.set))
     moto, endpoint = start_moto()
     env = {**os.environ, **CREDENTIALS, "AWS_ENDPOINT_URL": endpoint, "HF_HUB_OFFLINE": "1"}
     try:
@@ -475,7 +522,14 @@ def benchmark(args: argparse.Namespace, variants: list[str]) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     machine = {"cpus": os.cpu_count(), "torch_threads": _torch_threads()}
-    report = {"docs": args.docs, "machine": machine, "results": results, "ratios": found, "targets": TARGETS}
+    report = {
+        "docs": args.docs,
+        "overrides": args.set,
+        "machine": machine,
+        "results": results,
+        "ratios": found,
+        "targets": TARGETS,
+    }
     (out / "throughput.json").write_text(json.dumps(report, indent=2))
     plot(results, found, out / "throughput.png", f"lateline throughput, {args.docs} docs, {os.cpu_count()} CPUs")
     print(f"\nwrote {out / 'throughput.json'} and {out / 'throughput.png'}")

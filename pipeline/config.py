@@ -139,6 +139,7 @@ class RuntimeConfig(_Strict):
     num_cpus_per_actor: float = Field(default=1.0, gt=0)
     num_gpus_per_actor: float | Literal["auto"] = "auto"
     torch_threads: int | None = Field(default=None, gt=0)
+    threads_per_forward: int = Field(default=1, gt=0)
     summary_dir: str = "runs"
     progress_seconds: float = Field(default=10.0, gt=0)
     ray_progress_bars: bool = False

@@ -212,6 +212,7 @@ class EmbedChunks:
         batching: BatchingConfig,
         torch_threads: int | None = None,
         stats: Any = None,
+        parallel_batches: int = 1,
     ) -> None:
         started = time.perf_counter()
         # torch is imported here, in the actor, and not at module level: the reading and tokenizing workers
@@ -224,7 +225,12 @@ class EmbedChunks:
             torch.set_num_threads(torch_threads)
         self.loaded = load_model(model, embedding.document_prefix)
         self.embedder = ChunkEmbedder(
-            self.loaded, embedding.mode, embedding.window_overlap, batching.max_tokens, batching.max_sequences
+            self.loaded,
+            embedding.mode,
+            embedding.window_overlap,
+            batching.max_tokens,
+            batching.max_sequences,
+            parallel_batches=1 if self.loaded.device.startswith("cuda") else parallel_batches,
         )
         self.output_schema = schema.embedded_schema(self.loaded.identity.dim)
         self.stats = stats

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import threading
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -103,6 +105,81 @@ def test_late_embeddings_equal_the_reference_whatever_the_batch_budget(
     assert vectors.dtype == np.float32
     assert_same_vectors(vectors, late_expected)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_batches_run_at_once_give_the_reference_vectors(tiny_bert, late_expected: np.ndarray) -> None:
+    docs = make_docs(0, DOCS_LENGTHS)
+    serial = ChunkEmbedder(tiny_loaded(tiny_bert), "late", window_overlap=6, max_tokens=40)
+    at_once = ChunkEmbedder(tiny_loaded(tiny_bert), "late", window_overlap=6, max_tokens=40, parallel_batches=3)
+    assert_same_vectors(at_once.embed(docs), late_expected)
+    serial.embed(docs)
+    assert at_once.stats.as_dict() | {"seconds": 0} == serial.stats.as_dict() | {"seconds": 0}
+    assert at_once.stats.forwards > 4
+
+
+class SlowerFirst(torch.nn.Module):
+    """Each forward sleeps less than the one before, so batches run at once finish in reverse order."""
+
+    def __init__(self, encoder: torch.nn.Module, calls: int) -> None:
+        super().__init__()
+        self.encoder, self.left, self.lock = encoder, calls, threading.Lock()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None):
+        with self.lock:
+            self.left -= 1
+            wait = 0.03 * max(self.left, 0)
+        time.sleep(wait)
+        return self.encoder(input_ids=input_ids, attention_mask=attention_mask)
+
+
+def test_pieces_are_summed_in_batch_order_so_vectors_do_not_depend_on_timing(tiny_bert) -> None:
+    # One 150-token chunk spans 5 macro windows, one window per batch: its vector sums 5 pieces, and float
+    # addition is not associative. Batches that finish in reverse order must still give the serial bits.
+    ids = make_docs(7, (150,))[0][0]
+    docs = [(ids, [(0, 150)])]
+    serial = ChunkEmbedder(tiny_loaded(tiny_bert), "late", window_overlap=6, max_tokens=40).embed(docs)
+    for _ in range(3):
+        encoder = SlowerFirst(tiny_bert, calls=5)
+        embedder = ChunkEmbedder(tiny_loaded(encoder), "late", window_overlap=6, max_tokens=40, parallel_batches=5)
+        np.testing.assert_array_equal(embedder.embed(docs), serial)
+
+
+class FailingEncoder(torch.nn.Module):
+    """Takes ``seconds`` per forward, counts calls and forwards in flight, and fails on call ``fail_on``."""
+
+    def __init__(self, encoder: torch.nn.Module, fail_on: int, seconds: float) -> None:
+        super().__init__()
+        self.encoder, self.fail_on, self.seconds = encoder, fail_on, seconds
+        self.calls, self.running, self.lock = 0, 0, threading.Lock()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None):
+        with self.lock:
+            self.calls += 1
+            self.running += 1
+            call = self.calls
+        try:
+            time.sleep(self.seconds)
+            if call == self.fail_on:
+                raise RuntimeError("the encoder broke")
+            return self.encoder(input_ids=input_ids, attention_mask=attention_mask)
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+def test_a_failing_batch_cancels_the_batches_not_started_and_waits_for_the_running_ones(tiny_bert) -> None:
+    docs = make_docs(6, (30,) * 24)
+    encoder = FailingEncoder(tiny_bert, fail_on=2, seconds=0.05)
+    embedder = ChunkEmbedder(tiny_loaded(encoder), "late", window_overlap=6, max_tokens=32, parallel_batches=2)
+    with pytest.raises(RuntimeError, match="the encoder broke"):
+        embedder.embed(docs)
+    assert encoder.running == 0  # nothing still runs when the error reaches the caller (a retry may follow)
+    calls = encoder.calls
+    assert calls < 24  # 24 one-sequence batches; most never started
+    time.sleep(0.2)
+    assert encoder.calls == calls
+    encoder.fail_on = 0
+    assert embedder.embed(docs[:2]).shape == (sum(len(spans) for _, spans in docs[:2]), DIM)
 
 
 def test_output_follows_input_order_when_documents_are_reordered(tiny_bert) -> None:

@@ -33,11 +33,14 @@ def _docs(lengths: list[int]) -> list[tuple[list[int], list[tuple[int, int]]]]:
     return [(rng.integers(1, 100, n).tolist(), [(0, n // 2), (n // 2, n)]) for n in lengths]
 
 
-def test_a_batch_that_does_not_fit_is_halved_and_gives_the_same_vectors(tiny_bert: torch.nn.Module) -> None:
+@pytest.mark.parametrize("parallel_batches", [1, 2])
+def test_a_batch_that_does_not_fit_is_halved_and_gives_the_same_vectors(
+    tiny_bert: torch.nn.Module, parallel_batches: int
+) -> None:
     docs = _docs([30, 28, 25, 20, 12, 9])
     expected = ChunkEmbedder(tiny_loaded(tiny_bert), max_tokens=4096).embed(docs)
     limited = MemoryLimitedEncoder(tiny_bert, limit=70)
-    embedder = ChunkEmbedder(tiny_loaded(limited), max_tokens=4096)
+    embedder = ChunkEmbedder(tiny_loaded(limited), max_tokens=140, parallel_batches=parallel_batches)
     np.testing.assert_allclose(embedder.embed(docs), expected, atol=1e-5)
     assert embedder.stats.oom_splits > 0
 
@@ -48,10 +51,13 @@ def test_a_sequence_that_never_fits_raises_out_of_memory(tiny_bert: torch.nn.Mod
         embedder.embed(_docs([30]))
 
 
-def test_the_stage_dead_letters_only_the_document_that_does_not_fit(tiny_bert: torch.nn.Module) -> None:
+@pytest.mark.parametrize("parallel_batches", [1, 2])
+def test_the_stage_dead_letters_only_the_document_that_does_not_fit(
+    tiny_bert: torch.nn.Module, parallel_batches: int
+) -> None:
     stage = EmbedChunks.__new__(EmbedChunks)  # the real constructor loads a model from disk
     stage.loaded = tiny_loaded(MemoryLimitedEncoder(tiny_bert, limit=25))
-    stage.embedder = ChunkEmbedder(stage.loaded, max_tokens=4096)
+    stage.embedder = ChunkEmbedder(stage.loaded, max_tokens=4096, parallel_batches=parallel_batches)
     stage.output_schema = schema.embedded_schema(stage.loaded.identity.dim)
     stage.stats = None
     rows = []

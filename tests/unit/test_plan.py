@@ -13,7 +13,8 @@ def test_two_cpus_no_gpu_is_one_actor_that_leaves_a_cpu_free() -> None:
     assert plan.size == 1
     assert plan.num_gpus == 0
     assert 0 < plan.num_cpus < 2
-    assert plan.torch_threads is not None and plan.torch_threads >= 1
+    # Two single-threaded forward passes at once: 1.1-1.2x the tokens/s of one two-threaded pass here.
+    assert (plan.threads_per_forward, plan.parallel_batches) == (1, 2)
 
 
 @pytest.mark.parametrize("cpus", [1, 2, 3, 8, 16, 64])
@@ -52,9 +53,23 @@ def test_zero_gpus_per_actor_forces_cpu_actors_on_a_gpu_cluster() -> None:
     assert plan.num_gpus == 0 and plan.size == 2
 
 
-def test_explicit_torch_threads_are_passed_through() -> None:
-    assert size_actor_pool(RuntimeConfig(torch_threads=3), cluster_cpus=16, cluster_gpus=0).torch_threads == 3
-    assert size_actor_pool(RuntimeConfig(torch_threads=3), cluster_cpus=16, cluster_gpus=1).torch_threads == 3
+def test_cpu_actor_threads_are_split_into_forward_passes_that_run_at_once() -> None:
+    def split(**runtime: int) -> tuple[int | None, int]:
+        plan = size_actor_pool(RuntimeConfig(**runtime), cluster_cpus=16, cluster_gpus=0)
+        return plan.threads_per_forward, plan.parallel_batches
+
+    assert split(torch_threads=3) == (1, 3)
+    assert split(torch_threads=4, threads_per_forward=2) == (2, 2)
+    assert split(torch_threads=4, threads_per_forward=4) == (4, 1)
+    assert split(torch_threads=3, threads_per_forward=8) == (3, 1)  # never more threads than the actor has
+    default = size_actor_pool(RuntimeConfig(), cluster_cpus=16, cluster_gpus=0)
+    assert default.threads_per_forward * default.parallel_batches == 16 // default.size
+
+
+def test_gpu_actors_run_one_forward_pass_at_a_time_with_the_configured_torch_threads() -> None:
+    plan = size_actor_pool(RuntimeConfig(torch_threads=3), cluster_cpus=16, cluster_gpus=1)
+    assert (plan.threads_per_forward, plan.parallel_batches) == (3, 1)
+    assert size_actor_pool(RuntimeConfig(), cluster_cpus=16, cluster_gpus=1).threads_per_forward is None
 
 
 def test_the_object_store_budget_caps_what_ray_data_keeps_in_flight() -> None:
