@@ -130,7 +130,10 @@ class SinkConfig(_Strict):
 
 class RuntimeConfig(_Strict):
     """Ray resources. ``num_actors: auto`` sizes the embedding pool from the cluster (one per GPU, else from
-    CPUs). ``num_gpus_per_actor: auto`` uses one GPU per actor when the cluster has GPUs.
+    CPUs). ``num_gpus_per_actor: auto`` uses one GPU per actor when the cluster has GPUs. ``torch_threads``: the
+    threads a CPU actor computes with (default: its share of the CPUs; on GPUs, torch's threads);
+    ``threads_per_forward``: torch threads per forward pass on CPU, so a CPU actor runs
+    ``torch_threads // threads_per_forward`` micro-batches at once.
     ``object_store_budget_mb``: blocks in flight for this job (reading runs far ahead of embedding; without a
     cap, Ray Data lets them pile up in the object store and memory grows with the corpus); ``null``: Ray's
     default."""

@@ -11,6 +11,7 @@ on the sampled documents on this machine (labelled as such: a cluster may be fas
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -130,6 +131,8 @@ def _throughput(config: JobConfig, model_label: str, texts: list[str]) -> tuple[
 
 
 def _benchmark(config: JobConfig, texts: list[str]) -> float:
+    import torch
+
     from pipeline.embedding import ChunkEmbedder
     from pipeline.model import load_model
 
@@ -144,14 +147,25 @@ def _benchmark(config: JobConfig, texts: list[str]) -> float:
         tokens += len(ids)
         if tokens >= BENCHMARK_TOKENS:
             break
+    # Threads as a CPU actor on this machine would run them (see plan.size_actor_pool).
+    threads = config.runtime.torch_threads or os.cpu_count() or 1
+    per_forward = min(config.runtime.threads_per_forward, threads)
+    on_cpu = not model.device.startswith("cuda")
     embedder = ChunkEmbedder(
         model,
         config.embedding.mode,
         config.embedding.window_overlap,
         config.batching.max_tokens,
         config.batching.max_sequences,
+        parallel_batches=threads // per_forward if on_cpu else 1,
     )
-    embedder.embed(docs[:1])  # warm-up
-    started = time.perf_counter()
-    embedder.embed(docs)
-    return tokens / (time.perf_counter() - started)
+    before = torch.get_num_threads()
+    if on_cpu:
+        torch.set_num_threads(per_forward)
+    try:
+        embedder.embed(docs[:1])  # warm-up
+        started = time.perf_counter()
+        embedder.embed(docs)
+        return tokens / (time.perf_counter() - started)
+    finally:
+        torch.set_num_threads(before)
