@@ -205,7 +205,8 @@ def run_lateline(work: Path, source_uri: str, mode: str, name: str, overrides: l
         "tokens": counts["document_tokens"],
         "forward_tokens": counts["forward_tokens"],
         "padding_waste": summary["padding_waste"],
-        "phases_s": {"model_load": phases["model_load"], "read": phases["read"], "tokenize": phases["chunk"]}
+        "phases_s": {"ray_start": phases["ray_start"], "first_output": phases["first_output"]}
+        | {"model_load": phases["model_load"], "read": phases["read"], "tokenize": phases["chunk"]}
         | {"forward": phases["embed"], "write": phases["write"], "other": wall - phases["embed"]},
         "dtype": _dtype_of(config),
     }

@@ -222,7 +222,9 @@ def stream_into_sink(
     """Start (or join) Ray, build the plan (``build(actors, stats, known_ref)``) and feed its output to the
     sink as it streams."""
     config = context.config
+    starting = time.monotonic()
     ray = _init_ray()
+    ray_start_s = time.monotonic() - starting
     cluster = ray.cluster_resources()
     actors = size_actor_pool(config.runtime, cluster.get("CPU", 1), cluster.get("GPU", 0))
     stats = ray.remote(num_cpus=0)(RunStats).remote()
@@ -231,8 +233,11 @@ def stream_into_sink(
     stop = threading.Event()
     heartbeat = threading.Thread(target=_heartbeat, args=(stop, tally, sink, ray, stats), daemon=True)
     heartbeat.start()
+    first_output_s = None
     try:
         for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
+            if first_output_s is None:
+                first_output_s = time.monotonic() - tally.started
             chunks, skips = split_skips(batch)
             tally.add_chunks(chunks)
             dead_letters.add(tally.add_skips(skips.to_pylist()))
@@ -240,7 +245,7 @@ def stream_into_sink(
     finally:
         stop.set()
         heartbeat.join()
-        counters = _snapshot(ray, stats)
+        counters = _snapshot(ray, stats) | {"ray_start_s": ray_start_s, "first_output_s": first_output_s or 0.0}
         ray.kill(stats)  # the actor lives as long as the driver otherwise (eval and tests run many jobs)
     return actors, counters
 
@@ -375,6 +380,8 @@ def run_summary(
             "wall": round(wall, 3),
             "read": round(counters.get("read_s", 0), 3),
             "chunk": round(counters.get("chunk_s", 0), 3),
+            "ray_start": round(counters.get("ray_start_s", 0), 3),
+            "first_output": round(counters.get("first_output_s", 0), 3),
             "model_load": round(counters.get("model_load_s", 0), 3),
             "embed": round(counters.get("embed_s", 0), 3),
             "write": round(written.get("write_s", 0), 3),

@@ -101,6 +101,14 @@ def test_every_good_document_is_indexed_and_every_bad_one_reported(indexed: dict
     assert summary["table"]["commits"] > 1, "commits must be bounded (commit_rows=50)"
 
 
+def test_the_summary_times_each_phase_of_the_run(indexed: dict) -> None:
+    times = indexed["summary"]["time_s"]
+    assert set(times) == {"wall", "ray_start", "first_output", "model_load", "read", "chunk", "embed", "write"}
+    assert times["ray_start"] >= 0  # near 0 when an earlier test in this process started Ray
+    assert 0 < times["first_output"] <= times["wall"]
+    assert times["model_load"] > 0 and times["embed"] > 0 and times["read"] > 0 and times["chunk"] > 0
+
+
 def test_rows_carry_offsets_that_slice_the_source_text(indexed: dict) -> None:
     table = _table(indexed["config"])
     assert table.schema.field(schema.VECTOR).type == pa.list_(pa.float32(), 384)
