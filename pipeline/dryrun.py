@@ -147,7 +147,8 @@ def _benchmark(config: JobConfig, texts: list[str]) -> float:
         tokens += len(ids)
         if tokens >= BENCHMARK_TOKENS:
             break
-    # Threads as a CPU actor on this machine would run them (see plan.size_actor_pool).
+    # All of this machine's threads, split into forward passes the way CPU actors split theirs
+    # (see plan.size_actor_pool).
     threads = config.runtime.torch_threads or os.cpu_count() or 1
     per_forward = min(config.runtime.threads_per_forward, threads)
     on_cpu = not model.device.startswith("cuda")

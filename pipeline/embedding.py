@@ -125,14 +125,28 @@ class ChunkEmbedder:
             return plan_naive(docs, self.model.frame, capacity, pooling)
         raise ValueError(f"embedding.mode: unknown mode {self.mode!r} (allowed: late, naive)")
 
-    def embed(self, docs: Sequence[tuple[Sequence[int], Sequence[tuple[int, int]]]]) -> np.ndarray:
-        """One L2-normalised float32 vector per span, documents in order, spans in order: ``[n_spans, dim]``."""
-        return self.run(self.plan(docs))
+    def __post_init__(self) -> None:
+        if self.model.device.startswith("cuda"):
+            self.parallel_batches = 1  # one stream: concurrent batches would only compete for the same GPU
 
-    def run(self, plan: EncodePlan) -> np.ndarray:
+    def embed(
+        self, docs: Sequence[tuple[Sequence[int], Sequence[tuple[int, int]]]], parallel: bool = True
+    ) -> np.ndarray:
+        """One L2-normalised float32 vector per span, documents in order, spans in order: ``[n_spans, dim]``.
+        ``parallel=False`` runs one micro-batch at a time whatever ``parallel_batches`` says (a retry after an
+        out-of-memory error must not share memory with other batches)."""
+        return self.run(self.plan(docs), parallel)
+
+    def run(self, plan: EncodePlan, parallel: bool = True) -> np.ndarray:
         """Execute a plan; returns normalised mean vectors of its items, in item order. Piece sums are added
         in micro-batch order whatever order the batches finish in, so the vectors do not depend on timing."""
         started = time.perf_counter()
+        try:
+            return self._run(plan, parallel)
+        finally:
+            self.stats.seconds += time.perf_counter() - started
+
+    def _run(self, plan: EncodePlan, parallel: bool) -> np.ndarray:
         dim = self.model.identity.dim
         sums = torch.zeros(len(plan.item_tokens), dim, dtype=torch.float32)
         pieces_by_sequence: list[list[Piece]] = [[] for _ in plan.sequences]
@@ -148,19 +162,19 @@ class ChunkEmbedder:
             return results
 
         batches = pack_by_token_budget(lengths, self.max_tokens, self.max_sequences)
-        for results in self._in_order(forward, batches):
+        for results in self._in_order(forward, batches, parallel):
             for items, batch_sums in results:
                 sums.index_add_(0, items, batch_sums)
         counts = torch.tensor(plan.item_tokens, dtype=torch.float32).clamp(min=1).unsqueeze(1)
-        vectors = l2_normalize((sums / counts).numpy())
-        self.stats.seconds += time.perf_counter() - started
-        return vectors
+        return l2_normalize((sums / counts).numpy())
 
-    def _in_order(self, function: Callable[[list[int]], Any], batches: list[list[int]]) -> Iterator[Any]:
+    def _in_order(
+        self, function: Callable[[list[int]], Any], batches: list[list[int]], parallel: bool
+    ) -> Iterator[Any]:
         """``function`` over ``batches``, results in batch order, up to ``parallel_batches`` running at once.
         If one raises, the batches not started are cancelled and the running ones finish before the error
         propagates, so a retry never races with leftovers."""
-        if self.parallel_batches <= 1 or len(batches) <= 1:
+        if not parallel or self.parallel_batches <= 1 or len(batches) <= 1:
             yield from map(function, batches)
             return
         if self._pool is None:

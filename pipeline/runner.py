@@ -177,7 +177,7 @@ def _execute(context: RunContext, sink: LanceSink, dead_letters: DeadLetterLog) 
     if context.job != "replay" and known:
         skip = unchanged_objects(context.objects, manifest.load(), digest, Counter(u for _, u in known.values()))
     to_read = [obj for obj in context.objects if obj.path not in skip]
-    tally = Tally(context.job, config.runtime.progress_seconds, objects_skipped=len(skip))
+    tally = Tally(context.job, config.runtime.progress_seconds, started=started, objects_skipped=len(skip))
     tally.unchanged.update(doc for doc, (_, uri) in known.items() if uri in skip)
     log(
         f"{context.job}: {len(context.objects):,} {config.source.format} objects at {config.source.uri} "
@@ -236,9 +236,9 @@ def stream_into_sink(
     first_output_s = None
     try:
         for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
-            if first_output_s is None:
-                first_output_s = time.monotonic() - tally.started
             chunks, skips = split_skips(batch)
+            if first_output_s is None and chunks.num_rows:
+                first_output_s = time.monotonic() - tally.started
             tally.add_chunks(chunks)
             dead_letters.add(tally.add_skips(skips.to_pylist()))
             dead_letters.add(tally.add_skips(sink.write(chunks)))

@@ -230,7 +230,9 @@ class EmbedChunks:
             embedding.window_overlap,
             batching.max_tokens,
             batching.max_sequences,
-            parallel_batches=1 if self.loaded.device.startswith("cuda") else parallel_batches,
+            # Custom model code may keep caches it grows during a forward (rotary, ALiBi): not safe to share
+            # between threads, so such models run one batch at a time.
+            parallel_batches=1 if model.trust_remote_code else parallel_batches,
         )
         self.output_schema = schema.embedded_schema(self.loaded.identity.dim)
         self.stats = stats
@@ -261,7 +263,9 @@ class EmbedChunks:
             parts = []
             for row in rows:
                 try:
-                    parts.append(self.embedder.embed([_doc_input(row)]))
+                    # One batch at a time: a document is dead-lettered as out of memory only if it does not
+                    # fit alone, not because other batches held memory beside it.
+                    parts.append(self.embedder.embed([_doc_input(row)], parallel=False))
                 except Exception as exc:
                     failed[id(row)] = f"{type(exc).__name__}: {exc}"
                     reason = "out_of_memory" if is_out_of_memory(exc) else "embed_failed"

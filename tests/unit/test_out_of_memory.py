@@ -3,6 +3,9 @@ does not fit even alone is dead-lettered as ``out_of_memory`` while the rest of 
 
 from __future__ import annotations
 
+import threading
+import time
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -55,13 +58,57 @@ def test_a_sequence_that_never_fits_raises_out_of_memory(tiny_bert: torch.nn.Mod
 def test_the_stage_dead_letters_only_the_document_that_does_not_fit(
     tiny_bert: torch.nn.Module, parallel_batches: int
 ) -> None:
+    # A small budget makes several batches, so the parallel case really runs them at once.
+    stage = _stage(MemoryLimitedEncoder(tiny_bert, limit=25), max_tokens=16, parallel_batches=parallel_batches)
+    output = stage(_chunked_documents({"small": 12, "huge": 30, "tiny": 8}))
+    errors = {r[schema.DOC_ID]: r[schema.ERROR] for r in output.to_pylist()}
+    assert errors == {"small": None, "tiny": None, "huge": "out_of_memory"}
+    kept = output.filter(pa.compute.is_null(output[schema.ERROR]))
+    assert kept.num_rows == 4 and kept[schema.VECTOR].null_count == 0
+
+
+class SharedMemoryEncoder(torch.nn.Module):
+    """Fails like a full device when the forwards in flight together exceed ``limit`` padded positions."""
+
+    def __init__(self, encoder: torch.nn.Module, limit: int) -> None:
+        super().__init__()
+        self.encoder, self.limit, self.in_flight, self.lock = encoder, limit, 0, threading.Lock()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None):
+        with self.lock:
+            if self.in_flight + input_ids.numel() > self.limit:
+                raise MemoryError("out of memory")
+            self.in_flight += input_ids.numel()
+        try:
+            time.sleep(0.05)  # long enough for the batches run at once to overlap
+            return self.encoder(input_ids=input_ids, attention_mask=attention_mask)
+        finally:
+            with self.lock:
+                self.in_flight -= input_ids.numel()
+
+
+def test_a_document_that_fits_alone_is_retried_alone_not_beside_other_batches(tiny_bert: torch.nn.Module) -> None:
+    # Each 60-token document needs two windows (two one-sequence batches, 40 positions each); memory holds
+    # one at a time. Run at once, the batches fail; the retry runs each document's batches one by one.
+    stage = _stage(SharedMemoryEncoder(tiny_bert, limit=40), window_overlap=6, max_tokens=40, parallel_batches=2)
+    output = stage(_chunked_documents({"first": 60, "second": 60}))
+    assert [r[schema.ERROR] for r in output.to_pylist()] == [None] * 4
+    assert output[schema.VECTOR].null_count == 0
+
+
+def _stage(encoder: torch.nn.Module, **embedder: int) -> EmbedChunks:
     stage = EmbedChunks.__new__(EmbedChunks)  # the real constructor loads a model from disk
-    stage.loaded = tiny_loaded(MemoryLimitedEncoder(tiny_bert, limit=25))
-    stage.embedder = ChunkEmbedder(stage.loaded, max_tokens=4096, parallel_batches=parallel_batches)
+    stage.loaded = tiny_loaded(encoder)
+    stage.embedder = ChunkEmbedder(stage.loaded, **embedder)
     stage.output_schema = schema.embedded_schema(stage.loaded.identity.dim)
     stage.stats = None
+    return stage
+
+
+def _chunked_documents(lengths: dict[str, int]) -> pa.Table:
+    """Chunked documents of the given token counts, two chunks each (``CHUNKED_DOCUMENTS``)."""
     rows = []
-    for doc_id, (ids, spans) in zip(["small", "huge", "tiny"], _docs([12, 30, 8])):
+    for doc_id, (ids, spans) in zip(lengths, _docs(list(lengths.values()))):
         text = " ".join(["w"] * len(ids))
         rows.append(
             {
@@ -80,8 +127,4 @@ def test_the_stage_dead_letters_only_the_document_that_does_not_fit(
                 schema.TOKEN_ENDS: [b for _, b in spans],
             }
         )
-    output = stage(pa.Table.from_pylist(rows, schema=schema.CHUNKED_DOCUMENTS))
-    errors = {r[schema.DOC_ID]: r[schema.ERROR] for r in output.to_pylist()}
-    assert errors == {"small": None, "tiny": None, "huge": "out_of_memory"}
-    kept = output.filter(pa.compute.is_null(output[schema.ERROR]))
-    assert kept.num_rows == 4 and kept[schema.VECTOR].null_count == 0
+    return pa.Table.from_pylist(rows, schema=schema.CHUNKED_DOCUMENTS)
