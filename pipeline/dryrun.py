@@ -135,6 +135,7 @@ def _benchmark(config: JobConfig, texts: list[str]) -> float:
 
     from pipeline.embedding import ChunkEmbedder
     from pipeline.model import load_model
+    from pipeline.plan import size_actor_pool
 
     if not texts:
         return 0.0
@@ -147,10 +148,9 @@ def _benchmark(config: JobConfig, texts: list[str]) -> float:
         tokens += len(ids)
         if tokens >= BENCHMARK_TOKENS:
             break
-    # All of this machine's threads, split into forward passes the way CPU actors split theirs
-    # (see plan.size_actor_pool).
-    threads = config.runtime.torch_threads or os.cpu_count() or 1
-    per_forward = min(config.runtime.threads_per_forward, threads)
+    # Each CPU actor's share of this machine, split into forward passes as the pool would split it; the
+    # machine's rate is one actor's times the number of actors.
+    actors = size_actor_pool(config.runtime, cluster_cpus=os.cpu_count() or 1, cluster_gpus=0)
     on_cpu = not model.device.startswith("cuda")
     embedder = ChunkEmbedder(
         model,
@@ -158,15 +158,16 @@ def _benchmark(config: JobConfig, texts: list[str]) -> float:
         config.embedding.window_overlap,
         config.batching.max_tokens,
         config.batching.max_sequences,
-        parallel_batches=threads // per_forward if on_cpu else 1,
+        parallel_batches=actors.parallel_batches,
     )
     before = torch.get_num_threads()
     if on_cpu:
-        torch.set_num_threads(per_forward)
+        torch.set_num_threads(actors.threads_per_forward or before)
     try:
         embedder.embed(docs[:1])  # warm-up
         started = time.perf_counter()
         embedder.embed(docs)
-        return tokens / (time.perf_counter() - started)
+        rate = tokens / (time.perf_counter() - started)
     finally:
         torch.set_num_threads(before)
+    return rate * actors.size if on_cpu else rate
