@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -173,9 +174,14 @@ class ChunkEmbedder:
     ) -> Iterator[Any]:
         """``function`` over ``batches``, results in batch order, up to ``parallel_batches`` running at once.
         If one raises, the batches not started are cancelled and the running ones finish before the error
-        propagates, so a retry never races with leftovers."""
-        if not parallel or self.parallel_batches <= 1 or len(batches) <= 1:
+        propagates, so a retry never races with leftovers. Batches that run one at a time while the embedder
+        could run several (too few batches to share out, or ``parallel=False``) get all of its threads."""
+        if self.parallel_batches <= 1:
             yield from map(function, batches)
+            return
+        if not parallel or len(batches) < self.parallel_batches:
+            with _torch_threads(torch.get_num_threads() * self.parallel_batches):
+                yield from map(function, batches)
             return
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.parallel_batches, thread_name_prefix="lateline-forward")
@@ -255,6 +261,18 @@ class ChunkEmbedder:
             self.stats.sequences += len(batch)
             self.stats.tokens += tokens
             self.stats.padded_tokens += int(shape[0] * shape[1])
+
+
+@contextmanager
+def _torch_threads(threads: int) -> Iterator[None]:
+    """torch's thread count set to ``threads`` for the block. Only while no batch runs in the pool: the pool's
+    threads took their count when they started and keep it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _cancel_and_wait(futures: Iterable[Future]) -> None:

@@ -144,6 +144,37 @@ def test_pieces_are_summed_in_batch_order_so_vectors_do_not_depend_on_timing(tin
         np.testing.assert_array_equal(embedder.embed(docs), serial)
 
 
+class ThreadCountingEncoder(torch.nn.Module):
+    """Records torch's thread count inside each forward."""
+
+    def __init__(self, encoder: torch.nn.Module) -> None:
+        super().__init__()
+        self.encoder, self.threads = encoder, []
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None):
+        self.threads.append(torch.get_num_threads())
+        return self.encoder(input_ids=input_ids, attention_mask=attention_mask)
+
+
+def test_batches_that_run_one_at_a_time_get_all_the_threads(tiny_bert) -> None:
+    # An actor runs single-threaded forwards (torch threads 1) two at a time. A plan of one batch (a small last
+    # block, one changed document) must not leave the second thread idle.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        encoder = ThreadCountingEncoder(tiny_bert)
+        embedder = ChunkEmbedder(tiny_loaded(encoder), "late", window_overlap=6, parallel_batches=2)
+        embedder.embed(make_docs(8, (20,)))
+        embedder.embed(make_docs(8, (20, 20, 20)), parallel=False)
+        assert encoder.threads == [2, 2] and torch.get_num_threads() == 1
+        encoder.threads.clear()
+        embedder.max_tokens = 22  # three one-sequence batches: shared out, one thread each
+        embedder.embed(make_docs(8, (20, 20, 20)))
+        assert encoder.threads == [1, 1, 1]
+    finally:
+        torch.set_num_threads(before)
+
+
 class FailingEncoder(torch.nn.Module):
     """Takes ``seconds`` per forward, counts calls and forwards in flight, and fails on call ``fail_on``."""
 
