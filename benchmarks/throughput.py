@@ -314,14 +314,14 @@ def time_forwards(embedder: Any, sequences: list[list[int]], batches: list[list[
     each (the torch setting is restored afterwards)."""
     import torch
 
+    from pipeline.embedding import torch_threads
+
     def forward(batch: list[int]) -> None:
         ids, mask = embedder._pad([sequences[i] for i in batch])
         with torch.inference_mode():
             embedder.model.encoder(input_ids=ids, attention_mask=mask)
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         forward(batches[-1])  # warm-up (the smallest batch), so neither arrangement pays for a cold start
         started = time.perf_counter()
         if parallel == 1:
@@ -331,8 +331,6 @@ def time_forwards(embedder: Any, sequences: list[list[int]], batches: list[list[
             with ThreadPoolExecutor(parallel) as pool:
                 list(pool.map(forward, batches))
         return time.perf_counter() - started
-    finally:
-        torch.set_num_threads(before)
 
 
 def flop_per_token(model_config: Any, lengths: list[int]) -> float:

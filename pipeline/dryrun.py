@@ -133,7 +133,7 @@ def _throughput(config: JobConfig, model_label: str, texts: list[str]) -> tuple[
 def _benchmark(config: JobConfig, texts: list[str]) -> float:
     import torch
 
-    from pipeline.embedding import ChunkEmbedder
+    from pipeline.embedding import ChunkEmbedder, torch_threads
     from pipeline.model import load_model
     from pipeline.plan import size_actor_pool
 
@@ -160,14 +160,10 @@ def _benchmark(config: JobConfig, texts: list[str]) -> float:
         config.batching.max_sequences,
         parallel_batches=actors.parallel_batches,
     )
-    before = torch.get_num_threads()
-    if on_cpu:
-        torch.set_num_threads(actors.threads_per_forward or before)
-    try:
+    threads = actors.threads_per_forward if on_cpu and actors.threads_per_forward else torch.get_num_threads()
+    with torch_threads(threads):
         embedder.embed(docs[:1])  # warm-up
         started = time.perf_counter()
         embedder.embed(docs)
         rate = tokens / (time.perf_counter() - started)
-    finally:
-        torch.set_num_threads(before)
     return rate * actors.size if on_cpu else rate

@@ -127,8 +127,10 @@ class ChunkEmbedder:
         raise ValueError(f"embedding.mode: unknown mode {self.mode!r} (allowed: late, naive)")
 
     def __post_init__(self) -> None:
-        if self.model.device.startswith("cuda"):
-            self.parallel_batches = 1  # one stream: concurrent batches would only compete for the same GPU
+        # On a GPU, batches at once would only compete for the same device; custom model code may not be
+        # thread-safe (see LoadedModel.custom_code).
+        if self.model.device.startswith("cuda") or self.model.custom_code:
+            self.parallel_batches = 1
 
     def embed(
         self, docs: Sequence[tuple[Sequence[int], Sequence[tuple[int, int]]]], parallel: bool = True
@@ -180,7 +182,7 @@ class ChunkEmbedder:
             yield from map(function, batches)
             return
         if not parallel or len(batches) < self.parallel_batches:
-            with _torch_threads(torch.get_num_threads() * self.parallel_batches):
+            with torch_threads(torch.get_num_threads() * self.parallel_batches):
                 yield from map(function, batches)
             return
         if self._pool is None:
@@ -244,7 +246,7 @@ class ChunkEmbedder:
         pin = self.model.device.startswith("cuda")
         if pin:
             ids, mask = ids.pin_memory(), mask.pin_memory()
-        unpadded = self.model.mask_optional and all(len(seq) == longest for seq in sequences)
+        unpadded = not self.model.custom_code and all(len(seq) == longest for seq in sequences)
         device_mask = None if unpadded else mask.to(self.model.device, non_blocking=pin)
         return ids.to(self.model.device, non_blocking=pin), device_mask
 
@@ -264,9 +266,9 @@ class ChunkEmbedder:
 
 
 @contextmanager
-def _torch_threads(threads: int) -> Iterator[None]:
-    """torch's thread count set to ``threads`` for the block. Only while no batch runs in the pool: the pool's
-    threads took their count when they started and keep it."""
+def torch_threads(threads: int) -> Iterator[None]:
+    """torch's thread count in this thread set to ``threads`` for the block, then restored. Threads started
+    earlier (a pool's) took their count when they first ran an op and keep it."""
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

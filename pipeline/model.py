@@ -183,7 +183,9 @@ class LoadedModel:
     device: str
     dtype: str
     autocast: bool = False  # True: weights stay float32 and each forward runs under autocast to ``dtype``
-    mask_optional: bool = True  # an unpadded batch may omit the attention mask (False for custom model code)
+    # The encoder runs the model repository's own code (trust_remote_code): it always gets the attention mask,
+    # and runs one batch at a time (it may keep caches it grows during a forward, e.g. rotary or ALiBi).
+    custom_code: bool = False
 
 
 def describe_model(config: ModelConfig, document_prefix: str = "") -> tuple[Any, Frame, int, ModelIdentity]:
@@ -243,5 +245,5 @@ def load_model(config: ModelConfig, document_prefix: str = "", device: str | Non
     if not autocast and dtype != "float32":
         encoder.to(getattr(torch, dtype))
     return LoadedModel(
-        tokenizer, encoder, frame, max_length, identity, device, dtype, autocast, not config.trust_remote_code
+        tokenizer, encoder, frame, max_length, identity, device, dtype, autocast, config.trust_remote_code
     )

@@ -230,9 +230,7 @@ class EmbedChunks:
             embedding.window_overlap,
             batching.max_tokens,
             batching.max_sequences,
-            # Custom model code may keep caches it grows during a forward (rotary, ALiBi): not safe to share
-            # between threads, so such models run one batch at a time.
-            parallel_batches=1 if model.trust_remote_code else parallel_batches,
+            parallel_batches=parallel_batches,
         )
         self.output_schema = schema.embedded_schema(self.loaded.identity.dim)
         self.stats = stats
