@@ -26,7 +26,7 @@ import time
 import uuid
 import warnings
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -235,7 +235,7 @@ def stream_into_sink(
     heartbeat.start()
     first_output_s = None
     try:
-        for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
+        for batch in outputs_as_they_come(dataset):
             chunks, skips = split_skips(batch)
             if first_output_s is None and chunks.num_rows:
                 first_output_s = time.monotonic() - tally.started
@@ -248,6 +248,17 @@ def stream_into_sink(
         counters = _snapshot(ray, stats) | {"ray_start_s": ray_start_s, "first_output_s": first_output_s or 0.0}
         ray.kill(stats)  # the actor lives as long as the driver otherwise (eval and tests run many jobs)
     return actors, counters
+
+
+def outputs_as_they_come(dataset: Any) -> Iterator[Any]:
+    """The dataset's output blocks as pyarrow tables, each handed over as soon as Ray has produced it.
+
+    Ray Data's default (one batch prefetched) holds every block back until the next one is ready, so the
+    sink's writes, the progress line and ``first_output`` all lagged one block behind the actors: about 18 s
+    per 256-document block on 2 CPUs, and the last two blocks arrived together at the end. The driver's work
+    per block (the sink's buffer) is far smaller than an actor's, so there is nothing for a prefetch to hide.
+    """
+    return dataset.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=0)
 
 
 def _heartbeat(stop: threading.Event, tally: Tally, sink: LanceSink, ray: Any, stats: Any) -> None:

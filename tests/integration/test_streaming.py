@@ -1,0 +1,65 @@
+"""The driver takes each output block as soon as the actors produce it (real Ray, no model)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from pipeline.runner import outputs_as_they_come
+
+pytestmark = pytest.mark.integration
+
+WAIT_S = 20.0
+
+
+def test_the_driver_gets_each_block_before_the_next_one_is_finished(ray_session: None) -> None:
+    """The second block's actor call waits until the driver has received the first block. If the driver's
+    iterator held a block back until the next was ready (Ray Data's default prefetch), the two would wait for
+    each other until the call gives up and marks its block ``gave_up``."""
+    import pyarrow as pa
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    # Defined here, not at module level, so that Ray ships them by value to workers that cannot import tests.
+    @ray.remote(num_cpus=0)
+    class Received:
+        def __init__(self) -> None:
+            self.blocks = 0
+
+        def add(self) -> None:
+            self.blocks += 1
+
+        def count(self) -> int:
+            return self.blocks
+
+    class WaitForTheDriver:
+        def __init__(self, received) -> None:
+            self.received = received
+
+        def __call__(self, batch: pa.Table) -> pa.Table:
+            block = batch["id"][0].as_py()
+            deadline = time.monotonic() + WAIT_S
+            while block > 0 and ray.get(self.received.count.remote()) < block:
+                if time.monotonic() > deadline:
+                    return pa.table({"block": [block], "gave_up": [True]})
+                time.sleep(0.05)
+            return pa.table({"block": [block], "gave_up": [False]})
+
+    received = Received.remote()
+    dataset = ray.data.range(3, override_num_blocks=3).map_batches(
+        WaitForTheDriver,
+        batch_size=1,
+        batch_format="pyarrow",
+        compute=ActorPoolStrategy(size=1),
+        num_cpus=0.5,
+        fn_constructor_kwargs={"received": received},
+    )
+    outputs = []
+    for batch in outputs_as_they_come(dataset):
+        outputs.extend(batch.to_pylist())
+        for _ in range(batch.num_rows):
+            ray.get(received.add.remote())
+    assert sorted(row["block"] for row in outputs) == [0, 1, 2]
+    assert not any(row["gave_up"] for row in outputs), outputs
+    ray.kill(received)
