@@ -4,7 +4,8 @@ Table ``<table>__objects``: ``source_uri``, ``etag`` (ETag or mtime, as the stor
 ``settings_digest`` and ``doc_count`` (documents of that object in the table), ``run_id``. An object is
 recorded only after a complete run read it without a dead letter. It is skipped when its listing shows the
 same etag and size, the settings are the same, and the table still holds ``doc_count`` documents from it, so
-a table edited by hand, or a new model/chunker, sends it back through the pipeline. A store that lists no
+a table edited by hand, or a new model/chunker, sends it back through the pipeline. A complete ``index`` run
+forgets the objects its listing no longer has, as it deletes their documents. A store that lists no
 etag/mtime gets no skipping (the per-document fingerprint still saves the tokenizing and the forward).
 """
 
@@ -32,6 +33,14 @@ MANIFEST = pa.schema(
 )
 
 
+# Paths per DELETE statement: keeps each SQL filter small whatever the number of removed objects.
+FORGET_BATCH = 500
+
+
+def _sql_string(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
 class ObjectManifest:
     def __init__(self, uri: str, table: str, storage_options: dict[str, Any] | None = None) -> None:
         self.db = connect(uri, storage_options)
@@ -57,6 +66,17 @@ class ObjectManifest:
             .when_not_matched_insert_all()
             .execute(data)
         )
+
+    def forget(self, paths: list[str]) -> int:
+        """Delete the rows of ``paths`` (objects gone from the source); returns how many were there."""
+        if not paths or self.name not in table_names(self.db):
+            return 0
+        table = self.db.open_table(self.name)
+        before = table.count_rows()
+        for start in range(0, len(paths), FORGET_BATCH):
+            quoted = ", ".join(_sql_string(path) for path in paths[start : start + FORGET_BATCH])
+            table.delete(f"{schema.SOURCE_URI} IN ({quoted})")
+        return before - table.count_rows()
 
     def clear(self) -> None:
         if self.name in table_names(self.db):

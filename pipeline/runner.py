@@ -184,7 +184,13 @@ def _execute(context: RunContext, sink: LanceSink, dead_letters: DeadLetterLog) 
         f"({len(skip):,} unchanged since the last run) -> {config.sink.uri}/{config.sink.table} "
         f"({len(known):,} documents there) with {context.identity.label} ({config.embedding.mode} mode)"
     )
-    outcome: dict[str, Any] = {"status": "failed", "error": None, "written": dict(sink.stats), "deleted": 0}
+    outcome: dict[str, Any] = {
+        "status": "failed",
+        "error": None,
+        "written": dict(sink.stats),
+        "deleted": 0,
+        "objects_removed": 0,
+    }
     actors, counters = None, {}
     try:
         if to_read:
@@ -198,6 +204,9 @@ def _execute(context: RunContext, sink: LanceSink, dead_letters: DeadLetterLog) 
         if context.limit is None:
             dead_letters.replace_for([obj.path for obj in to_read])
             manifest.record(_manifest_rows(context.run_id, to_read, digest, tally))
+        if _removes_missing(context):
+            listed = {obj.path for obj in context.objects}
+            outcome["objects_removed"] = manifest.forget(sorted(set(manifest.load()) - listed))
         dead_letters.flush()
         outcome["status"] = budget_status(config, tally, outcome["written"]["docs_written"])
     except BaseException as exc:
@@ -283,11 +292,16 @@ def _manifest_rows(run_id: str, objects: list[SourceObject], digest: str, tally:
     ]
 
 
+def _removes_missing(context: RunContext) -> bool:
+    """Whether this run's listing is the whole source, so what it lacks is gone: a complete ``index`` run
+    with ``sink.delete_missing``."""
+    return context.job == "index" and context.config.sink.delete_missing and context.limit is None
+
+
 def _delete_missing(context: RunContext, sink: LanceSink, known: dict, tally: Tally) -> int:
-    """Remove documents gone from the source: only for a complete ``index`` run, never for documents whose
-    object could not be read this time."""
-    config = context.config
-    if context.job != "index" or not config.sink.delete_missing or context.limit is not None:
+    """Remove documents gone from the source (see ``_removes_missing``), never those whose object could not be
+    read this time."""
+    if not _removes_missing(context):
         return 0
     present = sink.seen_docs | tally.unchanged | tally.dead_doc_ids
     gone = [doc for doc, (_, uri) in known.items() if doc not in present and uri not in tally.unreadable_objects]
@@ -361,6 +375,7 @@ def run_summary(
             "format": config.source.format,
             "objects": len(context.objects),
             "objects_skipped_unchanged": tally.objects_skipped,
+            "objects_removed": outcome.get("objects_removed", 0),
             "limit": context.limit,
         },
         "table": {

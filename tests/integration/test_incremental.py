@@ -92,6 +92,26 @@ def test_unchanged_costs_nothing_edit_reembeds_one_delete_removes_one(ray_sessio
     assert after.filter(pa.compute.equal(after[schema.DOC_ID], "lambda")).equals(untouched)
 
 
+def test_an_object_removed_from_the_source_leaves_no_rows_and_no_manifest_entry(ray_session, tmp_path: Path) -> None:
+    from pipeline.manifest import ObjectManifest
+
+    source = tmp_path / "src"
+    _write_corpus(source / "keep", {"lambda": topics["lambda"]})
+    _write_corpus(source / "drop", {"pass": topics["pass"]})
+    config = str(_config(tmp_path, str(source)))
+    assert index_job.main(["--config", config]) == 0
+    manifest = ObjectManifest(str(tmp_path / "db"), "chunks")
+    assert sorted(Path(uri).parent.name for uri in manifest.load()) == ["drop", "keep"]
+
+    (source / "drop" / "docs.jsonl").unlink()
+    assert index_job.main(["--config", config]) == 0
+    summary = _last_summary(tmp_path)
+    assert summary["source"]["objects_removed"] == 1
+    assert summary["counts"]["docs_deleted"] == 1
+    assert [Path(uri).parent.name for uri in manifest.load()] == ["keep"]
+    assert set(_rows(tmp_path)[schema.DOC_ID].to_pylist()) == {"lambda"}
+
+
 def test_dead_letters_are_stored_listed_and_replayed(ray_session, tmp_path: Path, capsys) -> None:
     good = {doc: topics[doc] for doc in DOCS[:3]}
     bad = ['{"id": "broken", "text": "oops', '{"id": "fixme", "title": "no text yet"}']

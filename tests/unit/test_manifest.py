@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from pipeline.manifest import unchanged_objects
+from pipeline import manifest as manifest_module
+from pipeline.manifest import ObjectManifest, unchanged_objects
 from pipeline.sources import SourceObject
 
 SEEN = {"s3://b/a.jsonl": {"etag": "e1", "size": 10, "settings_digest": "d", "doc_count": 3}}
@@ -26,3 +27,26 @@ def test_anything_different_sends_the_object_through_the_pipeline() -> None:
     assert unchanged_objects([_object()], SEEN, "d", Counter({"s3://b/a.jsonl": 2})) == set(), "rows deleted by hand"
     assert unchanged_objects([_object(etag=None)], SEEN, "d", docs) == set(), "a store without etags never skips"
     assert unchanged_objects([_object(path="s3://b/new.jsonl")], SEEN, "d", docs) == set()
+
+
+def test_forget_deletes_just_the_named_objects_whatever_their_characters(tmp_path) -> None:
+    manifest = ObjectManifest(str(tmp_path / "db"), "chunks")
+    paths = ["s3://b/a.jsonl", "s3://b/it's here.jsonl", 's3://b/"q".jsonl', "s3://b/z.jsonl"]
+    row = {"etag": "e", "size": 1, "settings_digest": "d", "doc_count": 1, "run_id": "r"}
+    manifest.record([{"source_uri": path, **row} for path in paths])
+    assert manifest.forget([]) == 0
+    assert manifest.forget(["s3://b/it's here.jsonl", 's3://b/"q".jsonl', "s3://b/never-recorded.jsonl"]) == 2
+    assert sorted(manifest.load()) == ["s3://b/a.jsonl", "s3://b/z.jsonl"]
+
+
+def test_forget_handles_more_objects_than_one_statement_takes(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(manifest_module, "FORGET_BATCH", 2)
+    manifest = ObjectManifest(str(tmp_path / "db"), "chunks")
+    row = {"etag": "e", "size": 1, "settings_digest": "d", "doc_count": 1, "run_id": "r"}
+    manifest.record([{"source_uri": f"s3://b/{i}.jsonl", **row} for i in range(7)])
+    assert manifest.forget([f"s3://b/{i}.jsonl" for i in range(6)]) == 6
+    assert list(manifest.load()) == ["s3://b/6.jsonl"]
+
+
+def test_forget_on_a_table_without_a_manifest_is_a_no_op(tmp_path) -> None:
+    assert ObjectManifest(str(tmp_path / "db"), "chunks").forget(["s3://b/a.jsonl"]) == 0
