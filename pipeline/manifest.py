@@ -17,7 +17,7 @@ from typing import Any
 import pyarrow as pa
 
 from pipeline import schema
-from pipeline.sink import connect, table_names
+from pipeline.sink import DELETE_BATCH, connect, sql_list, table_names
 from pipeline.sources import SourceObject
 
 SUFFIX = "__objects"
@@ -31,14 +31,6 @@ MANIFEST = pa.schema(
         pa.field("run_id", pa.string()),
     ]
 )
-
-
-# Paths per DELETE statement: keeps each SQL filter small whatever the number of removed objects.
-FORGET_BATCH = 500
-
-
-def _sql_string(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
 
 
 class ObjectManifest:
@@ -73,9 +65,8 @@ class ObjectManifest:
             return 0
         table = self.db.open_table(self.name)
         before = table.count_rows()
-        for start in range(0, len(paths), FORGET_BATCH):
-            quoted = ", ".join(_sql_string(path) for path in paths[start : start + FORGET_BATCH])
-            table.delete(f"{schema.SOURCE_URI} IN ({quoted})")
+        for start in range(0, len(paths), DELETE_BATCH):
+            table.delete(f"{schema.SOURCE_URI} IN ({sql_list(paths[start : start + DELETE_BATCH])})")
         return before - table.count_rows()
 
     def clear(self) -> None:

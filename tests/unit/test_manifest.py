@@ -40,7 +40,7 @@ def test_forget_deletes_just_the_named_objects_whatever_their_characters(tmp_pat
 
 
 def test_forget_handles_more_objects_than_one_statement_takes(tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr(manifest_module, "FORGET_BATCH", 2)
+    monkeypatch.setattr(manifest_module, "DELETE_BATCH", 2)
     manifest = ObjectManifest(str(tmp_path / "db"), "chunks")
     row = {"etag": "e", "size": 1, "settings_digest": "d", "doc_count": 1, "run_id": "r"}
     manifest.record([{"source_uri": f"s3://b/{i}.jsonl", **row} for i in range(7)])
