@@ -25,7 +25,7 @@ from pipeline.fingerprint import embedding_settings, settings_digest
 from pipeline.lock import fsspec_options
 from pipeline.model import describe_model, raw_tokenizer
 from pipeline.sink import open_table, read_table_record, stored_documents
-from pipeline.sources import fingerprinted, list_source_objects, read_object
+from pipeline.sources import fingerprinted, list_source_objects, objects_table, read_object
 
 SAMPLE_OBJECTS = 5
 SAMPLE_DOCS = 200
@@ -38,7 +38,7 @@ def dry_run(config: JobConfig) -> dict[str, Any]:
     digest = settings_digest(embedding_settings(config.chunking, config.embedding, identity))
     objects = list_source_objects(config.source)
     total_bytes = sum(obj.size or 0 for obj in objects)
-    known = _known_fingerprints(config)
+    known = _known_documents(config)
     sample = _sample(objects, config, digest, known, raw_tokenizer(tokenizer))
     scale = total_bytes / sample["bytes"] if sample["bytes"] else 0.0
     docs, tokens = sample["docs"] * scale, sample["tokens"] * scale
@@ -62,7 +62,9 @@ def dry_run(config: JobConfig) -> dict[str, Any]:
     }
 
 
-def _sample(objects: list, config: JobConfig, digest: str, known: dict[str, str], backend: Any) -> dict[str, Any]:
+def _sample(
+    objects: list, config: JobConfig, digest: str, known: dict[str, tuple[str, str]], backend: Any
+) -> dict[str, Any]:
     step = max(1, len(objects) // SAMPLE_OBJECTS)
     chosen = objects[::step][:SAMPLE_OBJECTS]
     totals: dict[str, Any] = {
@@ -76,13 +78,15 @@ def _sample(objects: list, config: JobConfig, digest: str, known: dict[str, str]
         "bad": Counter(),
         "texts": [],
     }
-    for obj in chosen:
+    for obj, row in zip(chosen, objects_table(chosen, known)):
         complete = True
+        # The run's rule: a document is unchanged if its own object's share of the table has its fingerprint.
+        held = dict(zip(row["known_doc_ids"], row["known_fingerprints"]))
         for count, doc in enumerate(read_object(obj.path, obj.root, config.source)):
             if count >= SAMPLE_DOCS:
                 complete = False
                 break
-            _count(fingerprinted(doc, digest, known), totals, backend, doc[schema.TEXT])
+            _count(fingerprinted(doc, digest, held), totals, backend, doc[schema.TEXT])
         totals["bytes"] += (obj.size or 0) if complete else 0
     if totals["bytes"] == 0:  # nothing read to its end: text bytes stand in for object bytes
         totals["bytes"] = totals["text_bytes"]
@@ -105,14 +109,14 @@ def _count(doc: dict[str, Any], totals: dict[str, Any], backend: Any, text: str 
             totals["texts"].append(text)
 
 
-def _known_fingerprints(config: JobConfig) -> dict[str, str]:
+def _known_documents(config: JobConfig) -> dict[str, tuple[str, str]]:
     fs, path = url_to_fs(config.sink.uri, **fsspec_options(config.sink.storage_options))
     if not fs.exists(path):  # connecting would create the directory, and a dry run writes nothing
         return {}
     table = open_table(config.sink.uri, config.sink.table, config.sink.storage_options)
     if table is None or config.sink.mode == "overwrite" or read_table_record(table) is None:
         return {}
-    return {doc: fingerprint for doc, (fingerprint, _) in stored_documents(table).items()}
+    return stored_documents(table)
 
 
 def _throughput(config: JobConfig, model_label: str, texts: list[str]) -> tuple[float, str]:

@@ -7,6 +7,7 @@ which consumes the plan as a stream, so memory stays flat however large the corp
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,15 +58,17 @@ def build_dataset(
     settings_digest: str,
     actors: ActorPlan,
     stats: Any = None,
-    known: Any = None,
+    known: Mapping[str, tuple[str, str]] | None = None,
     limit: int | None = None,
 ) -> Any:
     """The lazy Ray Dataset of embedded chunk rows (``schema.embedded_schema``) for ``objects``. ``known``
-    (doc id -> fingerprint, or an object ref to it) lets readers drop unchanged documents."""
+    (``doc_id -> (fingerprint, source_uri)`` of what the table holds) lets readers drop unchanged documents;
+    each object's row carries its own share of it (see ``objects_table``)."""
     import ray
 
     _apply_runtime(config)
-    dataset = ray.data.from_items(objects_table(objects), override_num_blocks=max(1, min(len(objects), 10_000)))
+    rows = objects_table(objects, known)
+    dataset = ray.data.from_items(rows, override_num_blocks=max(1, min(len(objects), 10_000)))
     # Reading and chunking ask for half a CPU: a resource shape unlike the actors' keeps Ray from fusing them
     # into the embedding actors, so tokenizing runs beside the forward passes instead of before each one.
     dataset = dataset.map_batches(
@@ -73,7 +76,7 @@ def build_dataset(
         batch_size=1,
         batch_format="pyarrow",
         num_cpus=CPU_TASK_CPUS,
-        fn_kwargs={"source": config.source, "settings_digest": settings_digest, "known": known, "stats": stats},
+        fn_kwargs={"source": config.source, "settings_digest": settings_digest, "stats": stats},
     )
     return embed_documents(dataset, config, actors, stats, limit)
 

@@ -248,12 +248,16 @@ def _execute(
     try:
         if fragments:
 
-            def build(actors: Any, stats: Any, known_ref: Any) -> Any:
+            def build(actors: Any, stats: Any) -> Any:
+                import ray
+
                 from pipeline.plan import build_reembed_dataset
 
+                # Stored fragments are not source objects, so the resume map goes whole to each reader, once.
+                known_ref = ray.put({doc: fingerprint for doc, (fingerprint, _) in known.items()})
                 return build_reembed_dataset(config, stored, fragments, digest, actors, stats, known_ref, context.limit)
 
-            actors, counters = runner.stream_into_sink(context, build, known, sink, dead_letters, tally)
+            actors, counters = runner.stream_into_sink(context, build, sink, dead_letters, tally)
         outcome["written"] = sink.close()
         if context.limit is None:
             present = sink.seen_docs | tally.unchanged | tally.dead_doc_ids

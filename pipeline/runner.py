@@ -195,10 +195,10 @@ def _execute(context: RunContext, sink: LanceSink, dead_letters: DeadLetterLog) 
     try:
         if to_read:
 
-            def build(actors: ActorPlan, stats: Any, known_ref: Any) -> Any:
-                return build_dataset(config, to_read, digest, actors, stats, known_ref, context.limit)
+            def build(actors: ActorPlan, stats: Any) -> Any:
+                return build_dataset(config, to_read, digest, actors, stats, known, context.limit)
 
-            actors, counters = stream_into_sink(context, build, known, sink, dead_letters, tally)
+            actors, counters = stream_into_sink(context, build, sink, dead_letters, tally)
         outcome["written"] = sink.close()
         outcome["deleted"] = _delete_missing(context, sink, known, tally)
         if context.limit is None:
@@ -222,14 +222,13 @@ def _execute(context: RunContext, sink: LanceSink, dead_letters: DeadLetterLog) 
 
 def stream_into_sink(
     context: RunContext,
-    build: Callable[[ActorPlan, Any, Any], Any],
-    known: dict,
+    build: Callable[[ActorPlan, Any], Any],
     sink: LanceSink,
     dead_letters: DeadLetterLog,
     tally: Tally,
 ) -> tuple[ActorPlan, dict[str, float]]:
-    """Start (or join) Ray, build the plan (``build(actors, stats, known_ref)``) and feed its output to the
-    sink as it streams."""
+    """Start (or join) Ray, build the plan (``build(actors, stats)``) and feed its output to the sink as it
+    streams."""
     config = context.config
     starting = time.monotonic()
     ray = _init_ray()
@@ -237,8 +236,7 @@ def stream_into_sink(
     cluster = ray.cluster_resources()
     actors = size_actor_pool(config.runtime, cluster.get("CPU", 1), cluster.get("GPU", 0))
     stats = ray.remote(num_cpus=0)(RunStats).remote()
-    known_ref = ray.put({doc: fingerprint for doc, (fingerprint, _) in known.items()})
-    dataset = build(actors, stats, known_ref)
+    dataset = build(actors, stats)
     stop = threading.Event()
     heartbeat = threading.Thread(target=_heartbeat, args=(stop, tally, sink, ray, stats), daemon=True)
     heartbeat.start()

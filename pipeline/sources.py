@@ -125,27 +125,41 @@ def _version_tag(info: dict[str, Any]) -> str | None:
     return None
 
 
-def objects_table(objects: Iterable[SourceObject]) -> list[dict[str, Any]]:
-    """Source objects as rows for ``ray.data.from_items``."""
-    return [asdict(obj) for obj in objects]
+def objects_table(
+    objects: Iterable[SourceObject], known: Mapping[str, tuple[str, str]] | None = None
+) -> list[dict[str, Any]]:
+    """Source objects as rows for ``ray.data.from_items``: the :class:`SourceObject` fields, plus
+    ``known_doc_ids`` / ``known_fingerprints``, the documents the table holds from that object (``known`` is
+    ``doc_id -> (fingerprint, source_uri)``, as ``stored_documents`` returns it).
+
+    Each read task gets just its objects' share, not the whole table's map: a worker's memory stays bounded by
+    its objects however big the table grows. A document that moved to another object is not found there, so
+    it is embedded again and its rows get the new ``source_uri``."""
+    by_object: dict[str, tuple[list[str], list[str]]] = {}
+    for doc_id, (fingerprint, uri) in (known or {}).items():
+        ids, fingerprints = by_object.setdefault(uri, ([], []))
+        ids.append(doc_id)
+        fingerprints.append(fingerprint)
+    rows = []
+    for obj in objects:
+        ids, fingerprints = by_object.get(obj.path, ([], []))
+        rows.append({**asdict(obj), "known_doc_ids": ids, "known_fingerprints": fingerprints})
+    return rows
 
 
-def read_objects(
-    objects: pa.Table,
-    source: SourceConfig,
-    settings_digest: str = "",
-    known: Mapping[str, str] | None = None,
-) -> Iterator[pa.Table]:
-    """Ray task body: read every object in ``objects`` (columns of :class:`SourceObject`) and yield document
+def read_objects(objects: pa.Table, source: SourceConfig, settings_digest: str = "") -> Iterator[pa.Table]:
+    """Ray task body: read every object in ``objects`` (rows of :func:`objects_table`) and yield document
     tables of at most ``source.read_batch_docs`` rows.
 
-    Each good document gets its fingerprint; one whose fingerprint equals ``known[doc_id]`` (the table already
-    holds it) is emitted as an ``unchanged`` row without its text, so it costs no tokenizing and no forward.
+    Each good document gets its fingerprint; one whose fingerprint is the one its object's row lists for its
+    id (the table already holds it) is emitted as an ``unchanged`` row without its text, so it costs no
+    tokenizing and no forward.
     """
     for row in objects.to_pylist():
+        known = dict(zip(row.get("known_doc_ids") or [], row.get("known_fingerprints") or []))
         rows: list[dict[str, Any]] = []
         for doc in read_object(row["path"], row["root"], source):
-            rows.append(fingerprinted(doc, settings_digest, known or {}))
+            rows.append(fingerprinted(doc, settings_digest, known))
             if len(rows) >= source.read_batch_docs:
                 yield pa.Table.from_pylist(rows, schema=schema.DOCUMENTS)
                 rows = []

@@ -55,12 +55,12 @@ def report(stats: Any, counters: dict[str, float]) -> None:
 
 
 def read_documents(
-    objects: pa.Table, source: SourceConfig, settings_digest: str = "", known: Any = None, stats: Any = None
+    objects: pa.Table, source: SourceConfig, settings_digest: str = "", stats: Any = None
 ) -> Iterator[pa.Table]:
     """Read source objects into document tables (see :func:`pipeline.sources.read_objects`). ``known`` maps
     doc id -> fingerprint of what the table holds (or is a Ray object ref to such a dict)."""
     started = time.perf_counter()
-    for table in read_objects(objects, source, settings_digest, resolve_known(known)):
+    for table in read_objects(objects, source, settings_digest):
         report(stats, {"docs_in": table.num_rows, "read_s": time.perf_counter() - started})
         yield table
         started = time.perf_counter()

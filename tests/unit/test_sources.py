@@ -18,7 +18,9 @@ from pipeline.sources import (
     content_hash,
     fingerprinted,
     list_source_objects,
+    objects_table,
     read_object,
+    read_objects,
     record_to_document,
     relative_id,
     skipped,
@@ -140,6 +142,32 @@ def test_fingerprinted_marks_documents_the_table_already_holds_as_unchanged() ->
 
 
 # --- reading local files --------------------------------------------------------------------------------
+
+
+def test_each_object_row_carries_only_the_known_documents_of_that_object(tmp_path: Path) -> None:
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.jsonl").write_text(json.dumps({"id": f"{name}1", "text": f"Text of {name}."}) + "\n")
+    source = SourceConfig(uri=str(tmp_path), format="jsonl")
+    objects = list_source_objects(source)
+    fingerprints = {}
+    for obj in objects:
+        for doc in read_object(obj.path, obj.root, source):
+            fingerprints[doc[schema.DOC_ID]] = (fingerprinted(doc, "d", {})[schema.DOC_FINGERPRINT], obj.path)
+    known = {**fingerprints, "gone": ("f", "/elsewhere/c.jsonl")}
+    rows = objects_table(objects, known)
+    assert [(r["known_doc_ids"], r["known_fingerprints"]) for r in rows] == [
+        (["a1"], [fingerprints["a1"][0]]),
+        (["b1"], [fingerprints["b1"][0]]),
+    ]
+    assert all(set(r) >= {"path", "root", "size", "etag"} for r in rows)
+    assert [r["known_doc_ids"] for r in objects_table(objects)] == [[], []]
+
+    docs = [d for t in read_objects(pa.Table.from_pylist(rows), source, "d") for d in t.to_pylist()]
+    assert [(d[schema.DOC_ID], d[schema.ERROR]) for d in docs] == [("a1", schema.UNCHANGED), ("b1", schema.UNCHANGED)]
+    # A document that moved to another object is not looked up there: it is embedded again, with its new uri.
+    moved = objects_table(objects, {"a1": (fingerprints["a1"][0], objects[1].path)})
+    docs = [d for t in read_objects(pa.Table.from_pylist(moved), source, "d") for d in t.to_pylist()]
+    assert [(d[schema.DOC_ID], d[schema.ERROR]) for d in docs] == [("a1", None), ("b1", None)]
 
 
 def test_jsonl_file_yields_documents_and_skipped_rows_in_line_order(tmp_path: Path) -> None:
