@@ -237,42 +237,36 @@ def _execute(
     config, started_at, started = context.config, datetime.now(timezone.utc), time.monotonic()
     digest = settings_digest(context.settings)
     known = sink.known_documents() if config.sink.mode == "upsert" else {}
-    tally = runner.Tally("reembed", config.runtime.progress_seconds)
+    tally = runner.Tally("reembed", config.runtime.progress_seconds, started=started)
     runner.log(
         f"reembed: {source} (version {stored.version}, {len(fragments)} fragments, "
         f"{'keeping its chunks' if stored.keep_spans else 'chunking afresh'}) -> {config.sink.uri}/"
         f"{config.sink.table} ({len(known):,} documents there) with {context.identity.label}"
     )
-    outcome: dict[str, Any] = {"status": "failed", "error": None, "written": dict(sink.stats), "deleted": 0}
-    actors, counters = None, {}
-    try:
-        if fragments:
 
-            def build(actors: Any, stats: Any) -> Any:
-                import ray
+    def build(actors: Any, stats: Any) -> Any:
+        import ray
 
-                from pipeline.plan import build_reembed_dataset
+        from pipeline.plan import build_reembed_dataset
 
-                # Stored fragments are not source objects, so the resume map goes whole to each reader, once.
-                known_ref = ray.put({doc: fingerprint for doc, (fingerprint, _) in known.items()})
-                return build_reembed_dataset(config, stored, fragments, digest, actors, stats, known_ref, context.limit)
+        # Stored fragments are not source objects, so the resume map goes whole to each reader, once.
+        known_ref = ray.put({doc: fingerprint for doc, (fingerprint, _) in known.items()})
+        return build_reembed_dataset(config, stored, fragments, digest, actors, stats, known_ref, context.limit)
 
-            actors, counters = runner.stream_into_sink(context, build, sink, dead_letters, tally)
-        outcome["written"] = sink.close()
-        if context.limit is None:
-            present = sink.seen_docs | tally.unchanged | tally.dead_doc_ids
-            outcome["deleted"] = sink.delete_documents(sorted(set(known) - present))
-            carry_manifest(config, source, digest, tally.dead_objects, context.run_id)
-        dead_letters.flush()
-        outcome["status"] = runner.budget_status(config, tally, outcome["written"]["docs_written"])
-    except BaseException as exc:
-        outcome["error"] = f"{type(exc).__name__}: {exc}"
-        raise
-    finally:
-        tally.print_progress(sink.stats["docs_written"], counters.get("forward_tokens"))
-        summary = runner.run_summary(context, actors, tally, outcome, counters, started_at, started)
-        summary["source"] = {"table": source, "version": stored.version, "fragments": len(fragments)}
-        summary["source"]["kept_chunks"] = stored.keep_spans
-        summary["summary_path"] = str(runner.write_summary(config, context.run_id, summary))
-        runner.log(f"reembed: {summary['status']}; run summary at {summary['summary_path']}")
-    return summary
+    def finish() -> dict[str, Any]:
+        if context.limit is not None:
+            return {}
+        present = sink.seen_docs | tally.unchanged | tally.dead_doc_ids
+        deleted = sink.delete_documents(sorted(set(known) - present))
+        carry_manifest(config, source, digest, tally.dead_objects, context.run_id)
+        return {"deleted": deleted}
+
+    summary_source = {
+        "table": source,
+        "version": stored.version,
+        "fragments": len(fragments),
+        "kept_chunks": stored.keep_spans,
+    }
+    return runner.execute_job(
+        context, sink, dead_letters, tally, build if fragments else None, finish, started_at, summary_source
+    )

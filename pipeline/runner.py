@@ -184,6 +184,39 @@ def _execute(context: RunContext, sink: LanceSink, dead_letters: DeadLetterLog) 
         f"({len(skip):,} unchanged since the last run) -> {config.sink.uri}/{config.sink.table} "
         f"({len(known):,} documents there) with {context.identity.label} ({config.embedding.mode} mode)"
     )
+
+    def build(actors: ActorPlan, stats: Any) -> Any:
+        return build_dataset(config, to_read, digest, actors, stats, known, context.limit)
+
+    def finish() -> dict[str, Any]:
+        deleted = _delete_missing(context, sink, known, tally)
+        if context.limit is None:
+            dead_letters.replace_for([obj.path for obj in to_read])
+            manifest.record(_manifest_rows(context.run_id, to_read, digest, tally))
+        removed = 0
+        if _removes_missing(context):
+            listed = {obj.path for obj in context.objects}
+            removed = manifest.forget(sorted(set(manifest.load()) - listed))
+        return {"deleted": deleted, "objects_removed": removed}
+
+    return execute_job(context, sink, dead_letters, tally, build if to_read else None, finish, started_at)
+
+
+def execute_job(
+    context: RunContext,
+    sink: LanceSink,
+    dead_letters: DeadLetterLog,
+    tally: Tally,
+    build: Callable[[ActorPlan, Any], Any] | None,
+    finish: Callable[[], dict[str, Any]],
+    started_at: datetime,
+    summary_source: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The frame every writing job shares: stream ``build``'s plan (none: nothing to read) into the sink,
+    close the sink, run the job's ``finish`` (deletions, manifest; it returns ``deleted`` and
+    ``objects_removed``), flush the dead letters and judge the failure budget. The summary (its ``source``
+    section replaced by ``summary_source`` when given) is written whatever happens; an error propagates after
+    it, recorded in it."""
     outcome: dict[str, Any] = {
         "status": "failed",
         "error": None,
@@ -193,29 +226,21 @@ def _execute(context: RunContext, sink: LanceSink, dead_letters: DeadLetterLog) 
     }
     actors, counters = None, {}
     try:
-        if to_read:
-
-            def build(actors: ActorPlan, stats: Any) -> Any:
-                return build_dataset(config, to_read, digest, actors, stats, known, context.limit)
-
+        if build is not None:
             actors, counters = stream_into_sink(context, build, sink, dead_letters, tally)
         outcome["written"] = sink.close()
-        outcome["deleted"] = _delete_missing(context, sink, known, tally)
-        if context.limit is None:
-            dead_letters.replace_for([obj.path for obj in to_read])
-            manifest.record(_manifest_rows(context.run_id, to_read, digest, tally))
-        if _removes_missing(context):
-            listed = {obj.path for obj in context.objects}
-            outcome["objects_removed"] = manifest.forget(sorted(set(manifest.load()) - listed))
+        outcome.update(finish())
         dead_letters.flush()
-        outcome["status"] = budget_status(config, tally, outcome["written"]["docs_written"])
+        outcome["status"] = budget_status(context.config, tally, outcome["written"]["docs_written"])
     except BaseException as exc:
         outcome["error"] = f"{type(exc).__name__}: {exc}"
         raise
     finally:
         tally.print_progress(sink.stats["docs_written"], counters.get("forward_tokens"))
-        summary = run_summary(context, actors, tally, outcome, counters, started_at, started)
-        summary["summary_path"] = str(write_summary(config, context.run_id, summary))
+        summary = run_summary(context, actors, tally, outcome, counters, started_at, tally.started)
+        if summary_source is not None:
+            summary["source"] = summary_source
+        summary["summary_path"] = str(write_summary(context.config, context.run_id, summary))
         log(f"{context.job}: {summary['status']}; run summary at {summary['summary_path']}")
     return summary
 
@@ -373,7 +398,7 @@ def run_summary(
             "format": config.source.format,
             "objects": len(context.objects),
             "objects_skipped_unchanged": tally.objects_skipped,
-            "objects_removed": outcome.get("objects_removed", 0),
+            "objects_removed": outcome["objects_removed"],
             "limit": context.limit,
         },
         "table": {
