@@ -253,13 +253,12 @@ def _execute(
         known_ref = ray.put({doc: fingerprint for doc, (fingerprint, _) in known.items()})
         return build_reembed_dataset(config, stored, fragments, digest, actors, stats, known_ref, context.limit)
 
-    def finish() -> dict[str, Any]:
+    def finish(outcome: dict[str, Any]) -> None:
         if context.limit is not None:
-            return {}
+            return
         present = sink.seen_docs | tally.unchanged | tally.dead_doc_ids
-        deleted = sink.delete_documents(sorted(set(known) - present))
+        outcome["deleted"] = sink.delete_documents(sorted(set(known) - present))
         carry_manifest(config, source, digest, tally.dead_objects, context.run_id)
-        return {"deleted": deleted}
 
     summary_source = {
         "table": source,

@@ -179,6 +179,7 @@ def _execute(context: RunContext, sink: LanceSink, dead_letters: DeadLetterLog) 
     to_read = [obj for obj in context.objects if obj.path not in skip]
     tally = Tally(context.job, config.runtime.progress_seconds, started=started, objects_skipped=len(skip))
     tally.unchanged.update(doc for doc, (_, uri) in known.items() if uri in skip)
+    sink.keep_documents(tally.unchanged)
     log(
         f"{context.job}: {len(context.objects):,} {config.source.format} objects at {config.source.uri} "
         f"({len(skip):,} unchanged since the last run) -> {config.sink.uri}/{config.sink.table} "
@@ -188,16 +189,14 @@ def _execute(context: RunContext, sink: LanceSink, dead_letters: DeadLetterLog) 
     def build(actors: ActorPlan, stats: Any) -> Any:
         return build_dataset(config, to_read, digest, actors, stats, known, context.limit)
 
-    def finish() -> dict[str, Any]:
-        deleted = _delete_missing(context, sink, known, tally)
+    def finish(outcome: dict[str, Any]) -> None:
+        outcome["deleted"] = _delete_missing(context, sink, known, tally)
         if context.limit is None:
             dead_letters.replace_for([obj.path for obj in to_read])
             manifest.record(_manifest_rows(context.run_id, to_read, digest, tally))
-        removed = 0
         if _removes_missing(context):
             listed = {obj.path for obj in context.objects}
-            removed = manifest.forget(sorted(set(manifest.load()) - listed))
-        return {"deleted": deleted, "objects_removed": removed}
+            outcome["objects_removed"] = manifest.forget(sorted(set(manifest.load()) - listed))
 
     return execute_job(context, sink, dead_letters, tally, build if to_read else None, finish, started_at)
 
@@ -208,15 +207,15 @@ def execute_job(
     dead_letters: DeadLetterLog,
     tally: Tally,
     build: Callable[[ActorPlan, Any], Any] | None,
-    finish: Callable[[], dict[str, Any]],
+    finish: Callable[[dict[str, Any]], None],
     started_at: datetime,
     summary_source: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The frame every writing job shares: stream ``build``'s plan (none: nothing to read) into the sink,
-    close the sink, run the job's ``finish`` (deletions, manifest; it returns ``deleted`` and
-    ``objects_removed``), flush the dead letters and judge the failure budget. The summary (its ``source``
-    section replaced by ``summary_source`` when given) is written whatever happens; an error propagates after
-    it, recorded in it."""
+    close the sink, run the job's ``finish`` (deletions, manifest: it sets ``outcome["deleted"]`` and
+    ``outcome["objects_removed"]`` as each is done, so a later failure does not hide them), flush the dead
+    letters and judge the failure budget. The summary (its ``source`` section replaced by ``summary_source``
+    when given) is written whatever happens; an error propagates after it, recorded in it."""
     outcome: dict[str, Any] = {
         "status": "failed",
         "error": None,
@@ -229,7 +228,7 @@ def execute_job(
         if build is not None:
             actors, counters = stream_into_sink(context, build, sink, dead_letters, tally)
         outcome["written"] = sink.close()
-        outcome.update(finish())
+        finish(outcome)
         dead_letters.flush()
         outcome["status"] = budget_status(context.config, tally, outcome["written"]["docs_written"])
     except BaseException as exc:
@@ -272,7 +271,7 @@ def stream_into_sink(
             if first_output_s is None and chunks.num_rows:
                 first_output_s = time.monotonic() - tally.started
             tally.add_chunks(chunks)
-            dead_letters.add(tally.add_skips(skips.to_pylist()))
+            dead_letters.add(tally.add_skips(sink.keep(skips.to_pylist())))
             dead_letters.add(tally.add_skips(sink.write(chunks)))
     finally:
         stop.set()

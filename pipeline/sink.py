@@ -10,7 +10,8 @@ Contract:
 - The table's schema metadata records the model identity and embedding settings. Writing with another model
   or other settings is refused with :class:`TableMismatch` (never two models' vectors in one table).
 - A document id that arrives twice in one run is kept once; the other copy is reported as
-  ``duplicate_doc_id``.
+  ``duplicate_doc_id``. That holds for a document the table keeps unchanged too (see :meth:`LanceSink.keep`):
+  a second copy in another object is reported instead of replacing it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import json
 import time
 from collections import defaultdict
+from collections.abc import Iterable
 from typing import Any
 
 import lancedb
@@ -29,6 +31,7 @@ from pipeline.config import SinkConfig, redacted
 from pipeline.model import ModelIdentity
 
 DELETE_BATCH = 500
+DUPLICATE_DETAIL = "this document id appeared more than once in the source; one copy was kept"
 
 
 class TableMismatch(RuntimeError):
@@ -155,6 +158,7 @@ class LanceSink:
         self.ready: list[pa.Table] = []
         self.ready_rows = 0
         self.seen_docs: set[str] = set()
+        self.kept_docs: set[str] = set()
         self.last_commit = time.monotonic()
         self.stats = {"rows_written": 0, "docs_written": 0, "commits": 0, "write_s": 0.0}
 
@@ -181,6 +185,25 @@ class LanceSink:
             self.table.delete(f"{schema.DOC_ID} IN ({sql_list(doc_ids[start : start + DELETE_BATCH])})")
         return len(doc_ids)
 
+    def keep_documents(self, doc_ids: Iterable[str]) -> None:
+        """Note documents the table keeps as they are without their rows passing through the pipeline (those
+        of objects skipped as unchanged): another copy of one of these ids is a duplicate."""
+        self.kept_docs.update(doc_ids)
+
+    def keep(self, skip_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Note the documents the table keeps as they are (the ``unchanged`` rows among ``skip_rows``), so that
+        another copy of the same id arriving later is a duplicate, not a replacement. Returns ``skip_rows`` with
+        each ``unchanged`` row whose id this run already wrote turned into a ``duplicate_doc_id`` row (the
+        written copy stays)."""
+        rows = []
+        for row in skip_rows:
+            if row[schema.ERROR] == schema.UNCHANGED and row[schema.DOC_ID] in self.seen_docs:
+                row = {**row, schema.ERROR: "duplicate_doc_id", schema.ERROR_DETAIL: DUPLICATE_DETAIL}
+            elif row[schema.ERROR] == schema.UNCHANGED:
+                self.kept_docs.add(row[schema.DOC_ID])
+            rows.append(row)
+        return rows
+
     def write(self, chunks: pa.Table) -> list[dict[str, Any]]:
         """Queue chunk rows; commit when a bound is reached. Returns rows of duplicate documents dropped."""
         complete, duplicates = self._complete_documents(chunks.select(self.schema.names).cast(self.schema))
@@ -197,7 +220,7 @@ class LanceSink:
         counts = chunks.group_by(schema.DOC_ID).aggregate([(schema.CHUNK_ID, "count"), (schema.CHUNK_COUNT, "max")])
         whole, duplicates, held = [], [], []
         for doc, count, expected in zip(*(counts.column(i).to_pylist() for i in range(3))):
-            if doc in self.seen_docs or count > expected:
+            if doc in self.seen_docs or doc in self.kept_docs or count > expected:
                 duplicates.append(doc)
             elif count == expected and doc not in self.partial:
                 whole.append(doc)
@@ -228,10 +251,10 @@ class LanceSink:
                     schema.DOC_ID: doc,
                     schema.SOURCE_URI: first[schema.SOURCE_URI],
                     schema.ERROR: "duplicate_doc_id",
-                    schema.ERROR_DETAIL: "this document id appeared more than once in the source; one copy was kept",
+                    schema.ERROR_DETAIL: DUPLICATE_DETAIL,
                 }
             )
-            if doc not in self.seen_docs:  # both copies in one block: keep the first copy's rows
+            if doc not in self.seen_docs and doc not in self.kept_docs:  # both copies in one block: keep the first
                 self.ready.append(self._first_copy(chunks.filter(pc.equal(chunks[schema.DOC_ID], doc))))
                 self.ready_rows += self.ready[-1].num_rows
                 self.seen_docs.add(doc)

@@ -1,6 +1,6 @@
 """Thin Ray stages: convert Arrow <-> plain values and call the pure core. None of them mutates its input.
 
-- :func:`read_documents`   objects (path, root, size, etag) -> ``schema.DOCUMENTS``           (Ray tasks)
+- :func:`read_documents`   objects (path, root, size, etag, known_*) -> ``schema.DOCUMENTS``  (Ray tasks)
 - :func:`chunk_documents`  ``DOCUMENTS`` -> ``CHUNKED_DOCUMENTS`` (tokens + spans + fingerprint) (Ray tasks)
 - :class:`EmbedChunks`     ``CHUNKED_DOCUMENTS`` -> ``embedded_schema(dim)``, one row per chunk  (actor pool)
 
@@ -57,8 +57,8 @@ def report(stats: Any, counters: dict[str, float]) -> None:
 def read_documents(
     objects: pa.Table, source: SourceConfig, settings_digest: str = "", stats: Any = None
 ) -> Iterator[pa.Table]:
-    """Read source objects into document tables (see :func:`pipeline.sources.read_objects`). ``known`` maps
-    doc id -> fingerprint of what the table holds (or is a Ray object ref to such a dict)."""
+    """Read source objects (rows of :func:`pipeline.sources.objects_table`, each with the fingerprints the
+    table holds for that object's documents) into document tables (see :func:`pipeline.sources.read_objects`)."""
     started = time.perf_counter()
     for table in read_objects(objects, source, settings_digest):
         report(stats, {"docs_in": table.num_rows, "read_s": time.perf_counter() - started})

@@ -104,12 +104,45 @@ def test_an_object_removed_from_the_source_leaves_no_rows_and_no_manifest_entry(
     assert sorted(Path(uri).parent.name for uri in manifest.load()) == ["drop", "keep"]
 
     (source / "drop" / "docs.jsonl").unlink()
+    keep_missing = yaml.safe_load(Path(config).read_text())
+    keep_missing["sink"]["delete_missing"] = False
+    (tmp_path / "keep-missing.yaml").write_text(yaml.safe_dump(keep_missing))
+    assert index_job.main(["--config", str(tmp_path / "keep-missing.yaml")]) == 0
+    assert _last_summary(tmp_path)["source"]["objects_removed"] == 0
+    assert sorted(Path(uri).parent.name for uri in manifest.load()) == ["drop", "keep"], "delete_missing: false"
+
     assert index_job.main(["--config", config]) == 0
     summary = _last_summary(tmp_path)
     assert summary["source"]["objects_removed"] == 1
     assert summary["counts"]["docs_deleted"] == 1
     assert [Path(uri).parent.name for uri in manifest.load()] == ["keep"]
     assert set(_rows(tmp_path)[schema.DOC_ID].to_pylist()) == {"lambda"}
+
+
+def test_an_id_in_two_objects_is_kept_once_and_reported_on_every_run(ray_session, tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    _write_corpus(source / "a", {"lambda": topics["lambda"], "pass": topics["pass"]})
+    _write_corpus(source / "b", {"pass": topics["pass"]})  # the same id (and text) in another object
+    config = str(_config(tmp_path, str(source)))
+
+    def run_and_check() -> tuple[dict, pa.Table]:
+        assert index_job.main(["--config", config]) == 0
+        counts, rows = _last_summary(tmp_path)["counts"], _rows(tmp_path)
+        assert counts["dead_lettered_by_reason"] == {"duplicate_doc_id": 1}
+        assert counts["docs_in"] == 3
+        assert sorted(set(rows[schema.DOC_ID].to_pylist())) == ["lambda", "pass"]
+        assert len(set(rows[schema.CHUNK_ID].to_pylist())) == rows.num_rows
+        assert len({r[schema.SOURCE_URI] for r in rows.to_pylist() if r[schema.DOC_ID] == "pass"}) == 1
+        return counts, rows
+
+    _, first = run_and_check()
+    # Object a is skipped as unchanged; b's copy must not replace the one the table keeps from a.
+    counts, again = run_and_check()
+    assert counts["docs_written"] == 0 and again.equals(first)
+    # Object a changed (another document in it): a's copy of "pass" comes through as unchanged, b's is embedded;
+    # whichever reaches the driver second is the duplicate.
+    _write_corpus(source / "a", {"lambda": topics["lambda"] + " An added sentence.", "pass": topics["pass"]})
+    run_and_check()
 
 
 def test_dead_letters_are_stored_listed_and_replayed(ray_session, tmp_path: Path, capsys) -> None:

@@ -63,3 +63,31 @@ def test_the_driver_gets_each_block_before_the_next_one_is_finished(ray_session:
     assert sorted(row["block"] for row in outputs) == [0, 1, 2]
     assert not any(row["gave_up"] for row in outputs), outputs
     ray.kill(received)
+
+
+def test_jobs_stream_their_output_through_it(ray_session: None, tmp_path, monkeypatch) -> None:
+    import json
+
+    import yaml
+
+    from jobs import index as index_job
+    from pipeline import runner
+
+    calls = []
+
+    def recorded(dataset):
+        calls.append(dataset)
+        return outputs_as_they_come(dataset)
+
+    monkeypatch.setattr(runner, "outputs_as_they_come", recorded)
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "docs.jsonl").write_text(json.dumps({"id": "a", "text": "One short document."}) + "\n")
+    config = {
+        "source": {"uri": str(tmp_path / "src"), "format": "jsonl"},
+        "model": {"dtype": "float32"},
+        "sink": {"uri": str(tmp_path / "db")},
+        "runtime": {"summary_dir": str(tmp_path / "runs")},
+    }
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(config))
+    assert index_job.main(["--config", str(tmp_path / "job.yaml")]) == 0
+    assert len(calls) == 1
