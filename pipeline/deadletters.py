@@ -73,6 +73,13 @@ class DeadLetterLog:
         self.written += data.num_rows
         self.pending = []
 
+    def objects(self) -> set[str]:
+        """The source URIs that have dead letters in the table (written by any run)."""
+        if self.name not in table_names(self.db):
+            return set()
+        uris = self.db.open_table(self.name).search().select([schema.SOURCE_URI]).limit(None).to_arrow()
+        return {uri for uri in uris[schema.SOURCE_URI].to_pylist() if uri}
+
     def replace_for(self, source_uris: list[str]) -> None:
         """Flush, then drop entries of earlier runs for the objects this run read."""
         self.flush()

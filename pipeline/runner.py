@@ -197,6 +197,7 @@ def _execute(context: RunContext, sink: LanceSink, dead_letters: DeadLetterLog) 
         if _removes_missing(context):
             listed = {obj.path for obj in context.objects}
             outcome["objects_removed"] = manifest.forget(sorted(set(manifest.load()) - listed))
+            dead_letters.replace_for(sorted(dead_letters.objects() - listed))  # what is broken now, not then
 
     return execute_job(context, sink, dead_letters, tally, build if to_read else None, finish, started_at)
 

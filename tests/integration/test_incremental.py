@@ -98,24 +98,38 @@ def test_an_object_removed_from_the_source_leaves_no_rows_and_no_manifest_entry(
     source = tmp_path / "src"
     _write_corpus(source / "keep", {"lambda": topics["lambda"]})
     _write_corpus(source / "drop", {"pass": topics["pass"]})
+    _write_corpus(source / "broken", {"del": topics["del"]}, extra_lines=["{not json"])
     config = str(_config(tmp_path, str(source)))
     assert index_job.main(["--config", config]) == 0
     manifest = ObjectManifest(str(tmp_path / "db"), "chunks")
-    assert sorted(Path(uri).parent.name for uri in manifest.load()) == ["drop", "keep"]
+    assert sorted(Path(uri).parent.name for uri in manifest.load()) == ["drop", "keep"]  # broken: a dead letter
+
+    def dead_letter_objects() -> list[str]:
+        return sorted(
+            {
+                Path(uri).parent.name
+                for uri in read_dead_letters(str(tmp_path / "db"), "chunks")[schema.SOURCE_URI].to_pylist()
+            }
+        )
+
+    assert dead_letter_objects() == ["broken"]
 
     (source / "drop" / "docs.jsonl").unlink()
+    (source / "broken" / "docs.jsonl").unlink()
     keep_missing = yaml.safe_load(Path(config).read_text())
     keep_missing["sink"]["delete_missing"] = False
     (tmp_path / "keep-missing.yaml").write_text(yaml.safe_dump(keep_missing))
     assert index_job.main(["--config", str(tmp_path / "keep-missing.yaml")]) == 0
     assert _last_summary(tmp_path)["source"]["objects_removed"] == 0
     assert sorted(Path(uri).parent.name for uri in manifest.load()) == ["drop", "keep"], "delete_missing: false"
+    assert dead_letter_objects() == ["broken"]
 
     assert index_job.main(["--config", config]) == 0
     summary = _last_summary(tmp_path)
-    assert summary["source"]["objects_removed"] == 1
-    assert summary["counts"]["docs_deleted"] == 1
+    assert summary["source"]["objects_removed"] == 1  # broken never had an entry
+    assert summary["counts"]["docs_deleted"] == 2
     assert [Path(uri).parent.name for uri in manifest.load()] == ["keep"]
+    assert dead_letter_objects() == [], "dead letters of objects gone from the source go with them"
     assert set(_rows(tmp_path)[schema.DOC_ID].to_pylist()) == {"lambda"}
 
 
