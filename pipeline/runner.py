@@ -179,7 +179,7 @@ def _execute(context: RunContext, sink: LanceSink, dead_letters: DeadLetterLog) 
     to_read = [obj for obj in context.objects if obj.path not in skip]
     tally = Tally(context.job, config.runtime.progress_seconds, started=started, objects_skipped=len(skip))
     tally.unchanged.update(doc for doc, (_, uri) in known.items() if uri in skip)
-    sink.keep_documents(tally.unchanged)
+    sink.keep_documents(_kept_documents(context, known, to_read, tally))
     log(
         f"{context.job}: {len(context.objects):,} {config.source.format} objects at {config.source.uri} "
         f"({len(skip):,} unchanged since the last run) -> {config.sink.uri}/{config.sink.table} "
@@ -313,6 +313,18 @@ def _manifest_rows(run_id: str, objects: list[SourceObject], digest: str, tally:
         for obj in objects
         if obj.etag is not None and obj.path not in tally.dead_objects
     ]
+
+
+def _kept_documents(context: RunContext, known: dict, to_read: list[SourceObject], tally: Tally) -> set[str]:
+    """Documents the table keeps whatever this run reads, so that a copy of one of their ids in a read object
+    is a duplicate, not a move. An ``index`` run lists the whole source: a document whose object is gone may
+    have moved, so only those of objects skipped as unchanged are kept. A ``backfill`` or ``replay`` sees part of
+    the source and cannot tell a move from a duplicate: it keeps every document of objects it does not read
+    (the next ``index`` run moves what really moved)."""
+    if context.job == "index":
+        return tally.unchanged
+    reading = {obj.path for obj in to_read}
+    return {doc for doc, (_, uri) in known.items() if uri not in reading}
 
 
 def _removes_missing(context: RunContext) -> bool:

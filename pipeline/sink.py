@@ -193,16 +193,20 @@ class LanceSink:
     def keep(self, skip_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Note the documents the table keeps as they are (the ``unchanged`` rows among ``skip_rows``), so that
         another copy of the same id arriving later is a duplicate, not a replacement. Returns ``skip_rows`` with
-        each ``unchanged`` row whose id this run already wrote turned into a ``duplicate_doc_id`` row (the
-        written copy stays)."""
+        each ``unchanged`` row whose id this run already took (written, partly arrived, or kept) turned into a
+        ``duplicate_doc_id`` row: the copy taken first stays."""
         rows = []
         for row in skip_rows:
-            if row[schema.ERROR] == schema.UNCHANGED and row[schema.DOC_ID] in self.seen_docs:
+            doc = row[schema.DOC_ID]
+            if row[schema.ERROR] == schema.UNCHANGED and self._taken(doc):
                 row = {**row, schema.ERROR: "duplicate_doc_id", schema.ERROR_DETAIL: DUPLICATE_DETAIL}
             elif row[schema.ERROR] == schema.UNCHANGED:
-                self.kept_docs.add(row[schema.DOC_ID])
+                self.kept_docs.add(doc)
             rows.append(row)
         return rows
+
+    def _taken(self, doc: str) -> bool:
+        return doc in self.seen_docs or doc in self.partial or doc in self.kept_docs
 
     def write(self, chunks: pa.Table) -> list[dict[str, Any]]:
         """Queue chunk rows; commit when a bound is reached. Returns rows of duplicate documents dropped."""
@@ -220,7 +224,7 @@ class LanceSink:
         counts = chunks.group_by(schema.DOC_ID).aggregate([(schema.CHUNK_ID, "count"), (schema.CHUNK_COUNT, "max")])
         whole, duplicates, held = [], [], []
         for doc, count, expected in zip(*(counts.column(i).to_pylist() for i in range(3))):
-            if doc in self.seen_docs or doc in self.kept_docs or count > expected:
+            if doc in self.seen_docs or doc in self.kept_docs or count > expected or self._repeats_held(doc, chunks):
                 duplicates.append(doc)
             elif count == expected and doc not in self.partial:
                 whole.append(doc)
@@ -231,6 +235,14 @@ class LanceSink:
         released = [self._hold(doc, chunks) for doc in held]
         complete = pa.concat_tables([complete, *[t for t in released if t is not None]])
         return complete, self._duplicate_rows(duplicates, chunks)
+
+    def _repeats_held(self, doc: str, chunks: pa.Table) -> bool:
+        """Whether ``chunks`` bring a chunk of ``doc`` that is already held: a second copy, not the rest."""
+        if doc not in self.partial:
+            return False
+        held = {i for part in self.partial[doc] for i in part[schema.CHUNK_INDEX].to_pylist()}
+        incoming = chunks.filter(pc.equal(chunks[schema.DOC_ID], doc))[schema.CHUNK_INDEX].to_pylist()
+        return not held.isdisjoint(incoming)
 
     def _hold(self, doc: str, chunks: pa.Table) -> pa.Table | None:
         """Keep a document's rows until all its chunks arrived; then release them."""
@@ -243,21 +255,26 @@ class LanceSink:
         return parts
 
     def _duplicate_rows(self, docs: list[str], chunks: pa.Table) -> list[dict[str, Any]]:
+        """One ``duplicate_doc_id`` row per dropped copy, counted by its chunk 0: a copy whose chunks span
+        several blocks is reported once, in the block that holds its first chunk."""
         rows = []
         for doc in docs:
-            first = chunks.filter(pc.equal(chunks[schema.DOC_ID], doc)).slice(0, 1).to_pylist()[0]
-            rows.append(
+            of_doc = chunks.filter(pc.equal(chunks[schema.DOC_ID], doc))
+            copies = of_doc.filter(pc.equal(of_doc[schema.CHUNK_INDEX], 0))[schema.SOURCE_URI].to_pylist()
+            if not self._taken(doc):  # both copies in one block: keep the first
+                self.ready.append(self._first_copy(of_doc))
+                self.ready_rows += self.ready[-1].num_rows
+                self.seen_docs.add(doc)
+                copies = copies[1:]
+            rows.extend(
                 {
                     schema.DOC_ID: doc,
-                    schema.SOURCE_URI: first[schema.SOURCE_URI],
+                    schema.SOURCE_URI: uri,
                     schema.ERROR: "duplicate_doc_id",
                     schema.ERROR_DETAIL: DUPLICATE_DETAIL,
                 }
+                for uri in copies
             )
-            if doc not in self.seen_docs and doc not in self.kept_docs:  # both copies in one block: keep the first
-                self.ready.append(self._first_copy(chunks.filter(pc.equal(chunks[schema.DOC_ID], doc))))
-                self.ready_rows += self.ready[-1].num_rows
-                self.seen_docs.add(doc)
         return rows
 
     @staticmethod

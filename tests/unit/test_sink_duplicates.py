@@ -1,0 +1,106 @@
+"""LanceSink keeps one copy of a document id and reports every other copy once (real LanceDB in a temp dir)."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+
+from pipeline import schema
+from pipeline.config import SinkConfig
+from pipeline.model import ModelIdentity
+from pipeline.sink import LanceSink
+
+DIM = 4
+IDENTITY = ModelIdentity("tiny", "f00d", DIM, "mean", 32, "float32", "")
+
+
+@pytest.fixture
+def sink(tmp_path) -> LanceSink:
+    return LanceSink(SinkConfig(uri=str(tmp_path / "db"), commit_rows=1_000), IDENTITY, {"chunker": "test"})
+
+
+def chunks(doc: str, uri: str, indexes: list[int], count: int) -> pa.Table:
+    """Rows of chunks ``indexes`` of a ``count``-chunk copy of ``doc`` read from ``uri``."""
+    rows = [
+        {
+            schema.CHUNK_ID: schema.chunk_id(doc, i),
+            schema.DOC_ID: doc,
+            schema.CHUNK_INDEX: i,
+            schema.CHUNK_COUNT: count,
+            schema.TEXT: f"chunk {i} of {doc}",
+            schema.CHAR_START: i,
+            schema.CHAR_END: i + 1,
+            schema.TOKEN_START: i,
+            schema.TOKEN_END: i + 1,
+            schema.VECTOR: [1.0, 0.0, 0.0, 0.0],
+            schema.MODEL: IDENTITY.label,
+            schema.DOC_FINGERPRINT: f"fp-{uri}",
+            schema.SOURCE_URI: uri,
+            schema.METADATA: None,
+            schema.CONTENT_SHA256: "c",
+        }
+        for i in indexes
+    ]
+    return pa.Table.from_pylist(rows, schema=schema.chunk_schema(DIM))
+
+
+def marker(doc: str, uri: str) -> dict:
+    return {schema.DOC_ID: doc, schema.SOURCE_URI: uri, schema.ERROR: schema.UNCHANGED}
+
+
+def stored(sink: LanceSink) -> dict[str, set[str]]:
+    """doc id -> the source URIs its stored rows name."""
+    sink.close()
+    table = sink.table.to_arrow()
+    owners: dict[str, set[str]] = {}
+    for doc, uri in zip(table[schema.DOC_ID].to_pylist(), table[schema.SOURCE_URI].to_pylist()):
+        owners.setdefault(doc, set()).add(uri)
+    return owners
+
+
+def reasons(rows: list[dict]) -> list[tuple[str, str]]:
+    return [(row[schema.SOURCE_URI], row[schema.ERROR]) for row in rows if row[schema.ERROR] != schema.UNCHANGED]
+
+
+def test_a_copy_after_an_unchanged_marker_is_the_duplicate(sink: LanceSink) -> None:
+    assert reasons(sink.keep([marker("x", "a")])) == []
+    assert reasons(sink.write(chunks("x", "b", [0, 1], 2))) == [("b", "duplicate_doc_id")]
+    sink.write(chunks("y", "b", [0], 1))
+    assert stored(sink) == {"y": {"b"}}  # x stays as the table holds it: not written again
+
+
+def test_a_marker_after_a_written_copy_is_the_duplicate(sink: LanceSink) -> None:
+    assert sink.write(chunks("x", "b", [0, 1], 2)) == []
+    assert reasons(sink.keep([marker("x", "a")])) == [("a", "duplicate_doc_id")]
+    assert stored(sink) == {"x": {"b"}}
+
+
+def test_a_marker_after_part_of_a_copy_is_the_duplicate_and_the_copy_completes(sink: LanceSink) -> None:
+    assert sink.write(chunks("x", "b", [0], 2)) == []  # held until its second chunk arrives
+    assert reasons(sink.keep([marker("x", "a")])) == [("a", "duplicate_doc_id")]
+    assert sink.write(chunks("x", "b", [1], 2)) == []
+    assert stored(sink) == {"x": {"b"}}  # closing would raise on a document left incomplete
+
+
+def test_the_same_marker_twice_is_one_kept_copy_and_one_duplicate(sink: LanceSink) -> None:
+    rows = sink.keep([marker("x", "a"), marker("x", "a")])
+    assert [row[schema.ERROR] for row in rows] == [schema.UNCHANGED, "duplicate_doc_id"]
+
+
+def test_a_duplicate_copy_split_over_blocks_is_reported_once(sink: LanceSink) -> None:
+    sink.keep([marker("x", "a")])
+    reported = sink.write(chunks("x", "b", [0, 1], 3)) + sink.write(chunks("x", "b", [2], 3))
+    assert reasons(reported) == [("b", "duplicate_doc_id")]
+
+
+def test_a_second_copy_arriving_while_the_first_is_held_is_the_duplicate(sink: LanceSink) -> None:
+    assert sink.write(chunks("x", "a", [0], 2)) == []
+    assert reasons(sink.write(chunks("x", "b", [0, 1], 2))) == [("b", "duplicate_doc_id")]
+    assert sink.write(chunks("x", "a", [1], 2)) == []
+    assert stored(sink) == {"x": {"a"}}
+
+
+def test_two_copies_in_one_block_keep_the_first(sink: LanceSink) -> None:
+    block = pa.concat_tables([chunks("x", "a", [0, 1], 2), chunks("x", "b", [0, 1], 2)])
+    assert reasons(sink.write(block)) == [("b", "duplicate_doc_id")]
+    assert stored(sink) == {"x": {"a"}}
