@@ -45,7 +45,7 @@ from pipeline.model import ModelIdentity, describe_model
 from pipeline.plan import ActorPlan, build_dataset, size_actor_pool
 from pipeline.sink import LanceSink, recorded_sections
 from pipeline.sources import SourceObject, list_source_objects
-from pipeline.stages import RunStats, split_skips
+from pipeline.stages import OBJECT_ROWS, RunStats, split_skips
 
 EXIT_CODES = {"ok": 0, "failed": 1, "config": 2, "failure_budget_exceeded": 3, "locked": 4}
 SKIP_EXAMPLES = 20
@@ -78,6 +78,33 @@ class Tally:
     docs_by_object: Counter = field(default_factory=Counter)
     objects_skipped: int = 0
     examples: list[dict[str, Any]] = field(default_factory=list)
+    sizes: dict[str, int | None] = field(default_factory=dict)  # the objects this run reads -> bytes listed
+    arrived: Counter = field(default_factory=Counter)  # source_uri -> its records that reached the driver
+
+    def add_arrivals(self, batch: pa.Table) -> None:
+        """Count the records of an :class:`EmbedChunks` output by object: one per skipped record, one per
+        document (its chunk 0). Call it once per output batch, before the sink drops duplicates."""
+        first_chunks = pa.compute.fill_null(pa.compute.equal(batch[schema.CHUNK_INDEX], 0), False)
+        records = batch.filter(pa.compute.or_(pa.compute.is_valid(batch[schema.ERROR]), first_chunks))
+        self.arrived.update(records[schema.SOURCE_URI].to_pylist())
+
+    def done_fraction(self, counters: dict[str, float]) -> float | None:
+        """Share of this run's objects (by listed bytes; by count when no sizes are listed) whose every record
+        reached the driver: an object counts once the readers have reported its record count (the
+        ``object_rows:`` counters) and that many arrived. ``None`` when the run reads no objects."""
+        if not self.sizes:
+            return None
+        done = [
+            path
+            for name, rows in counters.items()
+            if name.startswith(OBJECT_ROWS)
+            and (path := name[len(OBJECT_ROWS) :]) in self.sizes
+            and self.arrived[path] >= rows
+        ]
+        total = sum(size or 0 for size in self.sizes.values())
+        if total:
+            return sum(self.sizes[path] or 0 for path in done) / total
+        return len(done) / len(self.sizes)
 
     def add_chunks(self, chunks: pa.Table) -> None:
         self.chunks += chunks.num_rows
@@ -105,16 +132,33 @@ class Tally:
                 self.examples.append({k: row.get(k) for k in keep})
         return dead
 
-    def print_progress(self, docs_written: int, model_tokens: float | None) -> None:
-        """One progress line. ``model_tokens`` (from the stages: tokens through the model, windows and special
-        tokens included) shows work that has not reached the driver yet."""
+    def print_progress(self, docs_written: int, counters: dict[str, float]) -> None:
+        """One progress line. ``counters`` are the stages' (a :class:`RunStats` snapshot): model tokens (through
+        the model, windows and special tokens included) show work that has not reached the driver yet, and the
+        objects' record counts give the share of the source done and a time left at the rate so far."""
         elapsed = time.monotonic() - self.started
-        tokens = int(model_tokens or 0)
-        log(
+        tokens = int(counters.get("forward_tokens", 0))
+        line = (
             f"{self.job}: {docs_written:,} docs written, {len(self.unchanged):,} unchanged, "
             f"{sum(self.dead_lettered.values()):,} dead-lettered, {self.chunks:,} chunks, "
             f"{tokens:,} model tokens ({tokens / max(elapsed, 1e-9):,.0f}/s), {elapsed:,.0f}s elapsed"
         )
+        done = self.done_fraction(counters)
+        if done is not None:
+            line += f", {done:.0%} of the source's objects done"
+            if 0 < done < 1:
+                line += f", about {_duration(elapsed * (1 - done) / done)} left"
+        log(line)
+
+
+def _duration(seconds: float) -> str:
+    """``45s``, ``12m``, ``3h05m``."""
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f}m"
+    hours, minutes = divmod(round(seconds / 60), 60)
+    return f"{hours}h{minutes:02d}m"
 
 
 @dataclass
@@ -178,6 +222,7 @@ def _execute(context: RunContext, sink: LanceSink, dead_letters: DeadLetterLog) 
         skip = unchanged_objects(context.objects, manifest.load(), digest, Counter(u for _, u in known.values()))
     to_read = [obj for obj in context.objects if obj.path not in skip]
     tally = Tally(context.job, config.runtime.progress_seconds, started=started, objects_skipped=len(skip))
+    tally.sizes = {obj.path: obj.size for obj in to_read}
     tally.unchanged.update(doc for doc, (_, uri) in known.items() if uri in skip)
     sink.keep_documents(_kept_documents(context, known, to_read, tally))
     log(
@@ -236,7 +281,7 @@ def execute_job(
         outcome["error"] = f"{type(exc).__name__}: {exc}"
         raise
     finally:
-        tally.print_progress(sink.stats["docs_written"], counters.get("forward_tokens"))
+        tally.print_progress(sink.stats["docs_written"], counters)
         summary = run_summary(context, actors, tally, outcome, counters, started_at, tally.started)
         if summary_source is not None:
             summary["source"] = summary_source
@@ -268,6 +313,7 @@ def stream_into_sink(
     first_output_s = None
     try:
         for batch in outputs_as_they_come(dataset):
+            tally.add_arrivals(batch)
             chunks, skips = split_skips(batch)
             if first_output_s is None and chunks.num_rows:
                 first_output_s = time.monotonic() - tally.started
@@ -296,7 +342,7 @@ def outputs_as_they_come(dataset: Any) -> Iterator[Any]:
 def _heartbeat(stop: threading.Event, tally: Tally, sink: LanceSink, ray: Any, stats: Any) -> None:
     """Print progress every ``tally.every`` seconds, whether or not output reached the driver."""
     while not stop.wait(tally.every):
-        tally.print_progress(sink.stats["docs_written"], _snapshot(ray, stats).get("forward_tokens"))
+        tally.print_progress(sink.stats["docs_written"], _snapshot(ray, stats))
 
 
 def _manifest_rows(run_id: str, objects: list[SourceObject], digest: str, tally: Tally) -> list[dict[str, Any]]:

@@ -147,9 +147,15 @@ def objects_table(
     return rows
 
 
-def read_objects(objects: pa.Table, source: SourceConfig, settings_digest: str = "") -> Iterator[pa.Table]:
+def read_objects(
+    objects: pa.Table,
+    source: SourceConfig,
+    settings_digest: str = "",
+    on_object_read: Callable[[str, int], None] | None = None,
+) -> Iterator[pa.Table]:
     """Ray task body: read every object in ``objects`` (rows of :func:`objects_table`) and yield document
-    tables of at most ``source.read_batch_docs`` rows.
+    tables of at most ``source.read_batch_docs`` rows. ``on_object_read(path, rows)`` is called once an
+    object is read to its end, with the number of rows (documents and skipped records) it gave.
 
     Each good document gets its fingerprint; one whose fingerprint is the one its object's row lists for its
     id (the table already holds it) is emitted as an ``unchanged`` row without its text, so it costs no
@@ -158,13 +164,17 @@ def read_objects(objects: pa.Table, source: SourceConfig, settings_digest: str =
     for row in objects.to_pylist():
         known = dict(zip(row.get("known_doc_ids") or [], row.get("known_fingerprints") or []))
         rows: list[dict[str, Any]] = []
+        count = 0
         for doc in read_object(row["path"], row["root"], source):
             rows.append(fingerprinted(doc, settings_digest, known))
+            count += 1
             if len(rows) >= source.read_batch_docs:
                 yield pa.Table.from_pylist(rows, schema=schema.DOCUMENTS)
                 rows = []
         if rows:
             yield pa.Table.from_pylist(rows, schema=schema.DOCUMENTS)
+        if on_object_read is not None:
+            on_object_read(row["path"], count)
 
 
 def fingerprinted(doc: dict[str, Any], settings_digest: str, known: Mapping[str, str]) -> dict[str, Any]:

@@ -54,13 +54,22 @@ def report(stats: Any, counters: dict[str, float]) -> None:
         stats.add(counters)
 
 
+# Counter-name prefix of the rows each source object gave (``object_rows:<uri>``): the driver compares it with
+# the rows that reached it to tell which objects are done, for the progress line.
+OBJECT_ROWS = "object_rows:"
+
+
 def read_documents(
     objects: pa.Table, source: SourceConfig, settings_digest: str = "", stats: Any = None
 ) -> Iterator[pa.Table]:
     """Read source objects (rows of :func:`pipeline.sources.objects_table`, each with the fingerprints the
     table holds for that object's documents) into document tables (see :func:`pipeline.sources.read_objects`)."""
     started = time.perf_counter()
-    for table in read_objects(objects, source, settings_digest):
+
+    def object_read(path: str, rows: int) -> None:
+        report(stats, {OBJECT_ROWS + path: rows})
+
+    for table in read_objects(objects, source, settings_digest, object_read):
         report(stats, {"docs_in": table.num_rows, "read_s": time.perf_counter() - started})
         yield table
         started = time.perf_counter()

@@ -65,7 +65,9 @@ def test_the_driver_gets_each_block_before_the_next_one_is_finished(ray_session:
     ray.kill(received)
 
 
-def test_jobs_stream_their_output_through_it(ray_session: None, tmp_path, monkeypatch) -> None:
+def test_jobs_stream_their_output_through_it_and_report_the_share_done(
+    ray_session: None, tmp_path, monkeypatch, capsys
+) -> None:
     import json
 
     import yaml
@@ -91,3 +93,5 @@ def test_jobs_stream_their_output_through_it(ray_session: None, tmp_path, monkey
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(config))
     assert index_job.main(["--config", str(tmp_path / "job.yaml")]) == 0
     assert len(calls) == 1
+    progress = [line for line in capsys.readouterr().err.splitlines() if " docs written, " in line]
+    assert progress and "100% of the source's objects done" in progress[-1]
