@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import sys
 import threading
@@ -80,6 +81,7 @@ class Tally:
     examples: list[dict[str, Any]] = field(default_factory=list)
     sizes: dict[str, int | None] = field(default_factory=dict)  # the objects this run reads -> bytes listed
     arrived: Counter = field(default_factory=Counter)  # source_uri -> its records that reached the driver
+    object_rows: dict[str, float] = field(default_factory=dict)  # source_uri -> records its reader reported
 
     def add_arrivals(self, batch: pa.Table) -> None:
         """Count the records of an :class:`EmbedChunks` output by object: one per skipped record, one per
@@ -89,22 +91,25 @@ class Tally:
         self.arrived.update(records[schema.SOURCE_URI].to_pylist())
 
     def done_fraction(self, counters: dict[str, float]) -> float | None:
-        """Share of this run's objects (by listed bytes; by count when no sizes are listed) whose every record
-        reached the driver: an object counts once the readers have reported its record count (the
-        ``object_rows:`` counters) and that many arrived. ``None`` when the run reads no objects."""
+        """Share of this run's objects, by listed bytes, whose every record reached the driver: an object counts
+        once its reader has reported its record count (the ``object_rows:`` counters; a snapshot without them,
+        e.g. a failed one, keeps the last counts) and that many arrived. An object listed without a size weighs
+        the mean listed size (1 when none has one). ``None`` when the run reads no objects."""
         if not self.sizes:
             return None
-        done = [
-            path
-            for name, rows in counters.items()
-            if name.startswith(OBJECT_ROWS)
-            and (path := name[len(OBJECT_ROWS) :]) in self.sizes
-            and self.arrived[path] >= rows
-        ]
-        total = sum(size or 0 for size in self.sizes.values())
-        if total:
-            return sum(self.sizes[path] or 0 for path in done) / total
-        return len(done) / len(self.sizes)
+        self.object_rows.update(
+            (name[len(OBJECT_ROWS) :], rows) for name, rows in counters.items() if name.startswith(OBJECT_ROWS)
+        )
+        listed = [size for size in self.sizes.values() if size]
+        default = sum(listed) / len(listed) if listed else 1
+
+        def weight(path: str) -> float:
+            return self.sizes[path] or default
+
+        done = sum(
+            weight(path) for path, rows in self.object_rows.items() if path in self.sizes and self.arrived[path] >= rows
+        )
+        return done / sum(weight(path) for path in self.sizes)
 
     def add_chunks(self, chunks: pa.Table) -> None:
         self.chunks += chunks.num_rows
@@ -145,7 +150,7 @@ class Tally:
         )
         done = self.done_fraction(counters)
         if done is not None:
-            line += f", {done:.0%} of the source's objects done"
+            line += f", {math.floor(done * 100)}% of the source's objects done"  # 100% only when all are
             if 0 < done < 1:
                 line += f", about {_duration(elapsed * (1 - done) / done)} left"
         log(line)
@@ -222,7 +227,8 @@ def _execute(context: RunContext, sink: LanceSink, dead_letters: DeadLetterLog) 
         skip = unchanged_objects(context.objects, manifest.load(), digest, Counter(u for _, u in known.values()))
     to_read = [obj for obj in context.objects if obj.path not in skip]
     tally = Tally(context.job, config.runtime.progress_seconds, started=started, objects_skipped=len(skip))
-    tally.sizes = {obj.path: obj.size for obj in to_read}
+    if context.limit is None:  # a --limit run stops early: it has no share of the source to show
+        tally.sizes = {obj.path: obj.size for obj in to_read}
     tally.unchanged.update(doc for doc, (_, uri) in known.items() if uri in skip)
     sink.keep_documents(_kept_documents(context, known, to_read, tally))
     log(

@@ -29,6 +29,10 @@ from pipeline.config import BatchingConfig, ChunkingConfig, EmbeddingConfig, Mod
 from pipeline.model import load_model, load_tokenizer, raw_tokenizer, resolve_model_path
 from pipeline.sources import read_objects
 
+# Counter-name prefix of the rows each source object gave (``object_rows:<uri>``): the driver compares it with
+# the rows that reached it to tell which objects are done, for the progress line.
+OBJECT_ROWS = "object_rows:"
+
 
 class RunStats:
     """Counters and timers summed over all stages of a run (a Ray actor in a real run, plain object in tests)."""
@@ -38,7 +42,10 @@ class RunStats:
 
     def add(self, counters: dict[str, float]) -> None:
         for name, value in counters.items():
-            self.counters[name] += value
+            if name.startswith(OBJECT_ROWS):  # a fact, not an increment: a retried read reports the same count
+                self.counters[name] = value
+            else:
+                self.counters[name] += value
 
     def snapshot(self) -> dict[str, float]:
         return dict(self.counters)
@@ -52,11 +59,6 @@ def report(stats: Any, counters: dict[str, float]) -> None:
         stats.add.remote(counters)
     else:
         stats.add(counters)
-
-
-# Counter-name prefix of the rows each source object gave (``object_rows:<uri>``): the driver compares it with
-# the rows that reached it to tell which objects are done, for the progress line.
-OBJECT_ROWS = "object_rows:"
 
 
 def read_documents(

@@ -82,8 +82,12 @@ def test_jobs_stream_their_output_through_it_and_report_the_share_done(
         return outputs_as_they_come(dataset)
 
     monkeypatch.setattr(runner, "outputs_as_they_come", recorded)
+    from pydoc_data.topics import topics
+
     (tmp_path / "src").mkdir()
-    (tmp_path / "src" / "docs.jsonl").write_text(json.dumps({"id": "a", "text": "One short document."}) + "\n")
+    (tmp_path / "src" / "short.jsonl").write_text(json.dumps({"id": "a", "text": "One short document."}) + "\n")
+    long_docs = [json.dumps({"id": name, "text": topics[name]}) for name in ("lambda", "assert")]  # several chunks
+    (tmp_path / "src" / "long.jsonl").write_text("\n".join([*long_docs, "{not json"]) + "\n")
     config = {
         "source": {"uri": str(tmp_path / "src"), "format": "jsonl"},
         "model": {"dtype": "float32"},
@@ -94,4 +98,5 @@ def test_jobs_stream_their_output_through_it_and_report_the_share_done(
     assert index_job.main(["--config", str(tmp_path / "job.yaml")]) == 0
     assert len(calls) == 1
     progress = [line for line in capsys.readouterr().err.splitlines() if " docs written, " in line]
-    assert progress and "100% of the source's objects done" in progress[-1]
+    assert progress and "3 docs written" in progress[-1] and "1 dead-lettered" in progress[-1]
+    assert "100% of the source's objects done" in progress[-1]

@@ -11,7 +11,7 @@ from pipeline import schema
 from pipeline.config import SourceConfig
 from pipeline.runner import Tally, _duration
 from pipeline.sources import list_source_objects, objects_table, read_objects
-from pipeline.stages import OBJECT_ROWS
+from pipeline.stages import OBJECT_ROWS, RunStats
 
 
 def output(records: list[tuple[str, int | None, str | None]]) -> pa.Table:
@@ -67,3 +67,25 @@ def test_readers_report_each_objects_record_count_bad_records_included(tmp_path)
     docs = [t for t in read_objects(rows, source, "d", lambda path, n: reported.update({path.rsplit("/")[-1]: n}))]
     assert reported == {"a.jsonl": 3, "b.jsonl": 0}
     assert sum(t.num_rows for t in docs) == 3
+
+
+def test_a_snapshot_without_counts_keeps_the_last_ones_and_100_means_all_done(capsys) -> None:
+    tally = Tally("index", 10.0, sizes={"big": 199, "small": 1})
+    tally.add_arrivals(output([("big", 0, None)]))
+    assert tally.done_fraction({f"{OBJECT_ROWS}big": 1, f"{OBJECT_ROWS}small": 1}) == pytest.approx(0.995)
+    assert tally.done_fraction({}) == pytest.approx(0.995), "a failed snapshot must not read as 0%"
+    tally.print_progress(1, {})
+    assert "99% of the source's objects done" in capsys.readouterr().err
+
+
+def test_an_object_without_a_listed_size_weighs_the_mean_size() -> None:
+    tally = Tally("index", 10.0, sizes={"a": 100, "b": 300, "unsized": None})
+    tally.add_arrivals(output([("unsized", 0, None)]))
+    assert tally.done_fraction({f"{OBJECT_ROWS}unsized": 1}) == pytest.approx(200 / 600)
+
+
+def test_run_stats_keep_an_objects_count_when_a_retried_read_reports_it_again() -> None:
+    stats = RunStats()
+    for _ in range(2):
+        stats.add({f"{OBJECT_ROWS}a": 3, "docs_in": 3})
+    assert stats.snapshot() == {f"{OBJECT_ROWS}a": 3, "docs_in": 6}
