@@ -35,7 +35,8 @@ OBJECT_ROWS = "object_rows:"
 
 
 class RunStats:
-    """Counters and timers summed over all stages of a run (a Ray actor in a real run, plain object in tests)."""
+    """Counters and timers summed over all stages of a run (a Ray actor in a real run, plain object in tests);
+    the ``object_rows:`` counts are stored as reported, not summed."""
 
     def __init__(self) -> None:
         self.counters: dict[str, float] = defaultdict(float)
