@@ -256,7 +256,7 @@ def _execute(
     def finish(outcome: dict[str, Any]) -> None:
         if context.limit is not None:
             return
-        present = sink.seen_docs | tally.unchanged | tally.dead_doc_ids
+        present = runner.present_documents(sink, tally)
         outcome["deleted"] = sink.delete_documents(sorted(set(known) - present))
         carry_manifest(config, source, digest, tally.dead_objects, context.run_id)
 

@@ -379,6 +379,11 @@ def _kept_documents(context: RunContext, known: dict, to_read: list[SourceObject
     return {doc for doc, (_, uri) in known.items() if uri not in reading}
 
 
+def present_documents(sink: LanceSink, tally: Tally) -> set[str]:
+    """Document ids this run found in what it read: written, unchanged, or dead-lettered (kept as they were)."""
+    return sink.seen_docs | tally.unchanged | tally.dead_doc_ids
+
+
 def _removes_missing(context: RunContext) -> bool:
     """Whether this run's listing is the whole source, so what it lacks is gone: a complete ``index`` run
     with ``sink.delete_missing``."""
@@ -390,7 +395,7 @@ def _delete_missing(context: RunContext, sink: LanceSink, known: dict, tally: Ta
     read this time."""
     if not _removes_missing(context):
         return 0
-    present = sink.seen_docs | tally.unchanged | tally.dead_doc_ids
+    present = present_documents(sink, tally)
     gone = [doc for doc, (_, uri) in known.items() if doc not in present and uri not in tally.unreadable_objects]
     return sink.delete_documents(sorted(gone))
 
