@@ -14,9 +14,13 @@ WAIT_S = 20.0
 
 
 def test_the_driver_gets_each_block_before_the_next_one_is_finished(ray_session: None) -> None:
-    """The second block's actor call waits until the driver has received the first block. If the driver's
-    iterator held a block back until the next was ready (Ray Data's default prefetch), the two would wait for
-    each other until the call gives up and marks its block ``gave_up``."""
+    """Each actor call after the first waits until the driver has received as many blocks as the actor has
+    already returned. If the driver's iterator held a block back until the next was ready (Ray Data's default
+    prefetch), the second call and the driver would wait for each other until the call gives up and marks its
+    output ``gave_up``.
+
+    The wait counts the actor's own calls, not block ids: the three read tasks finish in any order, and a
+    call that waited for block 0 while holding the only actor would wait for a block that cannot come."""
     import pyarrow as pa
     import ray
     from ray.data import ActorPoolStrategy
@@ -36,15 +40,19 @@ def test_the_driver_gets_each_block_before_the_next_one_is_finished(ray_session:
     class WaitForTheDriver:
         def __init__(self, received) -> None:
             self.received = received
+            self.returned = 0  # calls of this (only) actor that have returned; Ray runs them one at a time
 
         def __call__(self, batch: pa.Table) -> pa.Table:
             block = batch["id"][0].as_py()
             deadline = time.monotonic() + WAIT_S
-            while block > 0 and ray.get(self.received.count.remote()) < block:
+            gave_up = False
+            while ray.get(self.received.count.remote()) < self.returned:
                 if time.monotonic() > deadline:
-                    return pa.table({"block": [block], "gave_up": [True]})
+                    gave_up = True
+                    break
                 time.sleep(0.05)
-            return pa.table({"block": [block], "gave_up": [False]})
+            self.returned += 1
+            return pa.table({"block": [block], "gave_up": [gave_up]})
 
     received = Received.remote()
     dataset = ray.data.range(3, override_num_blocks=3).map_batches(
