@@ -30,6 +30,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,7 @@ from pipeline.model import ModelIdentity, describe_model
 from pipeline.plan import ActorPlan, build_dataset, size_actor_pool
 from pipeline.sink import LanceSink, recorded_sections
 from pipeline.sources import SourceObject, list_source_objects
-from pipeline.stages import OBJECT_ROWS, RunStats, split_skips
+from pipeline.stages import RunStats, split_skips
 
 EXIT_CODES = {"ok": 0, "failed": 1, "config": 2, "failure_budget_exceeded": 3, "locked": 4}
 SKIP_EXAMPLES = 20
@@ -82,34 +83,61 @@ class Tally:
     sizes: dict[str, int | None] = field(default_factory=dict)  # the objects this run reads -> bytes listed
     arrived: Counter = field(default_factory=Counter)  # source_uri -> its records that reached the driver
     object_rows: dict[str, float] = field(default_factory=dict)  # source_uri -> records its reader reported
+    object_rows_seen: int = 0  # how many of the stats actor's object counts were fetched (see RunStats.poll)
+    _done: set[str] = field(default_factory=set, repr=False)  # objects whose every record arrived
+    _done_weight: float = field(default=0.0, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)  # heartbeat thread
 
     def add_arrivals(self, batch: pa.Table) -> None:
         """Count the records of an :class:`EmbedChunks` output by object: one per skipped record, one per
         document (its chunk 0). Call it once per output batch, before the sink drops duplicates."""
         first_chunks = pa.compute.fill_null(pa.compute.equal(batch[schema.CHUNK_INDEX], 0), False)
         records = batch.filter(pa.compute.or_(pa.compute.is_valid(batch[schema.ERROR]), first_chunks))
-        self.arrived.update(records[schema.SOURCE_URI].to_pylist())
+        paths = records[schema.SOURCE_URI].to_pylist()
+        with self._lock:
+            self.arrived.update(paths)
+            for path in set(paths):
+                self._settle(path)
 
-    def done_fraction(self, counters: dict[str, float]) -> float | None:
+    def add_object_rows(self, reported: list[tuple[str, float]]) -> None:
+        """Record objects' record counts as their readers reported them (new ones from ``RunStats.poll``)."""
+        with self._lock:
+            self.object_rows_seen += len(reported)
+            for path, rows in reported:
+                self.object_rows[path] = rows
+                self._settle(path)
+
+    def _settle(self, path: str) -> None:
+        """Count ``path`` as done, or no longer done, by what is known of it now (work per object, not per run:
+        the progress line must not cost O(objects) every few seconds)."""
+        if path not in self.sizes:
+            return
+        done = path in self.object_rows and self.arrived[path] >= self.object_rows[path]
+        if done != (path in self._done):
+            (self._done.add if done else self._done.discard)(path)
+            self._done_weight += self._weight(path) if done else -self._weight(path)
+
+    @cached_property
+    def _mean_size(self) -> float:
+        listed = [size for size in self.sizes.values() if size]
+        return sum(listed) / len(listed) if listed else 1
+
+    def _weight(self, path: str) -> float:
+        return self.sizes[path] or self._mean_size
+
+    @cached_property
+    def _total_weight(self) -> float:
+        return sum(self._weight(path) for path in self.sizes)
+
+    def done_fraction(self) -> float | None:
         """Share of this run's objects, by listed bytes, whose every record reached the driver: an object counts
-        once its reader has reported its record count (the ``object_rows:`` counters; a snapshot without them,
-        e.g. a failed one, keeps the last counts) and that many arrived. An object listed without a size weighs
-        the mean listed size (1 when none has one). ``None`` when the run reads no objects."""
+        once its reader has reported its record count (:meth:`add_object_rows`) and that many arrived. An
+        object listed without a size weighs the mean listed size (1 when none has one). ``None`` when the run
+        reads no objects. ``sizes`` must not change once counting has begun."""
         if not self.sizes:
             return None
-        self.object_rows.update(
-            (name[len(OBJECT_ROWS) :], rows) for name, rows in counters.items() if name.startswith(OBJECT_ROWS)
-        )
-        listed = [size for size in self.sizes.values() if size]
-        default = sum(listed) / len(listed) if listed else 1
-
-        def weight(path: str) -> float:
-            return self.sizes[path] or default
-
-        done = sum(
-            weight(path) for path, rows in self.object_rows.items() if path in self.sizes and self.arrived[path] >= rows
-        )
-        return done / sum(weight(path) for path in self.sizes)
+        with self._lock:
+            return self._done_weight / self._total_weight
 
     def add_chunks(self, chunks: pa.Table) -> None:
         self.chunks += chunks.num_rows
@@ -139,8 +167,9 @@ class Tally:
 
     def print_progress(self, docs_written: int, counters: dict[str, float]) -> None:
         """One progress line. ``counters`` are the stages' (a :class:`RunStats` snapshot): model tokens (through
-        the model, windows and special tokens included) show work that has not reached the driver yet, and the
-        objects' record counts give the share of the source done and a time left at the rate so far."""
+        the model, windows and special tokens included) show work that has not reached the driver yet. The
+        objects' record counts (:meth:`add_object_rows`) give the share of the source done and a time left at
+        the rate so far."""
         elapsed = time.monotonic() - self.started
         tokens = int(counters.get("forward_tokens", 0))
         line = (
@@ -148,7 +177,7 @@ class Tally:
             f"{sum(self.dead_lettered.values()):,} dead-lettered, {self.chunks:,} chunks, "
             f"{tokens:,} model tokens ({tokens / max(elapsed, 1e-9):,.0f}/s), {elapsed:,.0f}s elapsed"
         )
-        done = self.done_fraction(counters)
+        done = self.done_fraction()
         if done is not None:
             line += f", {math.floor(done * 100)}% of the source's objects done"  # 100% only when all are
             if 0 < done < 1:
@@ -226,9 +255,9 @@ def _execute(context: RunContext, sink: LanceSink, dead_letters: DeadLetterLog) 
     if context.job != "replay" and known:
         skip = unchanged_objects(context.objects, manifest.load(), digest, Counter(u for _, u in known.values()))
     to_read = [obj for obj in context.objects if obj.path not in skip]
-    tally = Tally(context.job, config.runtime.progress_seconds, started=started, objects_skipped=len(skip))
-    if context.limit is None:  # a --limit run stops early: it has no share of the source to show
-        tally.sizes = {obj.path: obj.size for obj in to_read}
+    # A --limit run stops early: it has no share of the source to show.
+    sizes = {obj.path: obj.size for obj in to_read} if context.limit is None else {}
+    tally = Tally(context.job, config.runtime.progress_seconds, started, objects_skipped=len(skip), sizes=sizes)
     tally.unchanged.update(doc for doc, (_, uri) in known.items() if uri in skip)
     sink.keep_documents(_kept_documents(context, known, to_read, tally))
     log(
@@ -329,7 +358,7 @@ def stream_into_sink(
     finally:
         stop.set()
         heartbeat.join()
-        counters = _snapshot(ray, stats) | {"ray_start_s": ray_start_s, "first_output_s": first_output_s or 0.0}
+        counters = _poll(ray, stats, tally) | {"ray_start_s": ray_start_s, "first_output_s": first_output_s or 0.0}
         ray.kill(stats)  # the actor lives as long as the driver otherwise (eval and tests run many jobs)
     return actors, counters
 
@@ -348,7 +377,7 @@ def outputs_as_they_come(dataset: Any) -> Iterator[Any]:
 def _heartbeat(stop: threading.Event, tally: Tally, sink: LanceSink, ray: Any, stats: Any) -> None:
     """Print progress every ``tally.every`` seconds, whether or not output reached the driver."""
     while not stop.wait(tally.every):
-        tally.print_progress(sink.stats["docs_written"], _snapshot(ray, stats))
+        tally.print_progress(sink.stats["docs_written"], _poll(ray, stats, tally))
 
 
 def _manifest_rows(run_id: str, objects: list[SourceObject], digest: str, tally: Tally) -> list[dict[str, Any]]:
@@ -435,11 +464,15 @@ def _init_ray() -> Any:
     return ray
 
 
-def _snapshot(ray: Any, stats: Any) -> dict[str, float]:
+def _poll(ray: Any, stats: Any, tally: Tally) -> dict[str, float]:
+    """The stages' counters; the object record counts reported since the last poll go to ``tally``. A failed
+    poll gives no counters and keeps the counts known so far (the share done does not fall back)."""
     try:
-        return ray.get(stats.snapshot.remote(), timeout=30)
+        counters, reported = ray.get(stats.poll.remote(tally.object_rows_seen), timeout=30)
     except Exception:
         return {}
+    tally.add_object_rows(reported)
+    return counters
 
 
 def run_summary(

@@ -35,21 +35,29 @@ OBJECT_ROWS = "object_rows:"
 
 
 class RunStats:
-    """Counters and timers summed over all stages of a run (a Ray actor in a real run, plain object in tests);
-    the ``object_rows:`` counts are stored as reported, not summed."""
+    """Counters and timers summed over all stages of a run (a Ray actor in a real run, plain object in tests).
+    The ``object_rows:`` counts are facts, not increments (a retried read reports the same count): they are
+    kept apart, in the order reported, so the driver can fetch only the ones it has not seen (a source of a
+    million objects would otherwise ship all their counts on every progress line)."""
 
     def __init__(self) -> None:
         self.counters: dict[str, float] = defaultdict(float)
+        self.object_rows: list[tuple[str, float]] = []  # (object path, records), in the order reported
 
     def add(self, counters: dict[str, float]) -> None:
         for name, value in counters.items():
-            if name.startswith(OBJECT_ROWS):  # a fact, not an increment: a retried read reports the same count
-                self.counters[name] = value
+            if name.startswith(OBJECT_ROWS):
+                self.object_rows.append((name[len(OBJECT_ROWS) :], value))
             else:
                 self.counters[name] += value
 
     def snapshot(self) -> dict[str, float]:
+        """The summed counters (object record counts excluded)."""
         return dict(self.counters)
+
+    def poll(self, seen: int) -> tuple[dict[str, float], list[tuple[str, float]]]:
+        """The summed counters and the object record counts reported after the first ``seen`` of them."""
+        return dict(self.counters), self.object_rows[seen:]
 
 
 def report(stats: Any, counters: dict[str, float]) -> None:
@@ -235,18 +243,30 @@ class EmbedChunks:
 
         if torch_threads:
             torch.set_num_threads(torch_threads)
-        self.loaded = load_model(model, embedding.document_prefix)
-        self.embedder = ChunkEmbedder(
-            self.loaded,
+        loaded = load_model(model, embedding.document_prefix)
+        embedder = ChunkEmbedder(
+            loaded,
             embedding.mode,
             embedding.window_overlap,
             batching.max_tokens,
             batching.max_sequences,
             parallel_batches=parallel_batches,
         )
+        self._use(embedder, stats)
+        report(stats, {"model_load_s": time.perf_counter() - started})
+
+    @classmethod
+    def with_embedder(cls, embedder: Any, stats: Any = None) -> EmbedChunks:
+        """A stage around an embedder that is already built (tests: a tiny model, no files)."""
+        stage = cls.__new__(cls)
+        stage._use(embedder, stats)
+        return stage
+
+    def _use(self, embedder: Any, stats: Any) -> None:
+        self.loaded = embedder.model
+        self.embedder = embedder
         self.output_schema = schema.embedded_schema(self.loaded.identity.dim)
         self.stats = stats
-        report(stats, {"model_load_s": time.perf_counter() - started})
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         schema.require_columns(batch, schema.CHUNKED_DOCUMENTS, "EmbedChunks")

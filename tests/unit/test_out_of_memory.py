@@ -97,12 +97,7 @@ def test_a_document_that_fits_alone_is_retried_alone_not_beside_other_batches(ti
 
 
 def _stage(encoder: torch.nn.Module, **embedder: int) -> EmbedChunks:
-    stage = EmbedChunks.__new__(EmbedChunks)  # the real constructor loads a model from disk
-    stage.loaded = tiny_loaded(encoder)
-    stage.embedder = ChunkEmbedder(stage.loaded, **embedder)
-    stage.output_schema = schema.embedded_schema(stage.loaded.identity.dim)
-    stage.stats = None
-    return stage
+    return EmbedChunks.with_embedder(ChunkEmbedder(tiny_loaded(encoder), **embedder))  # the constructor loads files
 
 
 def _chunked_documents(lengths: dict[str, int]) -> pa.Table:

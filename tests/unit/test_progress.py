@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pyarrow as pa
 import pytest
@@ -27,27 +28,41 @@ def output(records: list[tuple[str, int | None, str | None]]) -> pa.Table:
 
 def test_an_object_is_done_once_as_many_records_arrived_as_its_reader_reported() -> None:
     tally = Tally("index", 10.0, sizes={"a": 300, "b": 100})
-    counters = {f"{OBJECT_ROWS}a": 2, f"{OBJECT_ROWS}b": 1, "forward_tokens": 5.0}
-    assert tally.done_fraction({}) == 0  # nothing read yet
+    assert tally.done_fraction() == 0  # nothing read yet
     tally.add_arrivals(output([("a", 0, None), ("a", 1, None), ("b", -1, "no_tokens")]))  # one doc of a (2 chunks)
-    assert tally.done_fraction(counters) == pytest.approx(0.25)  # b's 100 of 400 bytes
+    assert tally.done_fraction() == 0  # records arrived, but no reader has said how many there are
+    tally.add_object_rows([("a", 2), ("b", 1)])
+    assert tally.done_fraction() == pytest.approx(0.25)  # b's 100 of 400 bytes
     tally.add_arrivals(output([("a", -1, "unchanged")]))
-    assert tally.done_fraction(counters) == 1.0
+    assert tally.done_fraction() == 1.0
+
+
+def test_a_count_reported_again_with_more_records_makes_the_object_not_done_again() -> None:
+    tally = Tally("index", 10.0, sizes={"a": 100, "b": 100})
+    tally.add_object_rows([("a", 1), ("b", 5)])
+    tally.add_arrivals(output([("a", 0, None)]))
+    assert tally.done_fraction() == 0.5
+    tally.add_object_rows([("a", 2)])
+    assert tally.done_fraction() == 0
+    assert tally.object_rows_seen == 3
 
 
 def test_objects_not_read_by_this_run_and_unknown_sizes() -> None:
     tally = Tally("index", 10.0, sizes={"a": None, "b": None})
     tally.add_arrivals(output([("a", 0, None), ("elsewhere", 0, None)]))
-    counters = {f"{OBJECT_ROWS}a": 1, f"{OBJECT_ROWS}elsewhere": 1}
-    assert tally.done_fraction(counters) == 0.5  # by object count when the store lists no sizes
-    assert Tally("reembed", 10.0).done_fraction(counters) is None
+    tally.add_object_rows([("a", 1), ("elsewhere", 1)])
+    assert tally.done_fraction() == 0.5  # by object count when the store lists no sizes
+    reembed = Tally("reembed", 10.0)
+    reembed.add_object_rows([("a", 1)])
+    assert reembed.done_fraction() is None
 
 
 def test_the_progress_line_gives_the_share_done_and_the_time_left(capsys) -> None:
     tally = Tally("backfill", 10.0, sizes={"a": 100, "b": 100})
     tally.started -= 60
     tally.add_arrivals(output([("a", 0, None)]))
-    tally.print_progress(1, {f"{OBJECT_ROWS}a": 1, "forward_tokens": 1000.0})
+    tally.add_object_rows([("a", 1)])
+    tally.print_progress(1, {"forward_tokens": 1000.0})
     line = capsys.readouterr().err
     assert "50% of the source's objects done, about 60s left" in line
 
@@ -69,11 +84,21 @@ def test_readers_report_each_objects_record_count_bad_records_included(tmp_path)
     assert sum(t.num_rows for t in docs) == 3
 
 
-def test_a_snapshot_without_counts_keeps_the_last_ones_and_100_means_all_done(capsys) -> None:
+def test_a_failed_poll_keeps_the_counts_and_100_means_all_done(capsys) -> None:
+    from pipeline.runner import _poll
+
+    class Broken:
+        def get(self, *args, **kwargs):
+            raise TimeoutError("stats actor busy")
+
+    stats = RunStats()
+    stats.add({f"{OBJECT_ROWS}big": 1, f"{OBJECT_ROWS}small": 1})
     tally = Tally("index", 10.0, sizes={"big": 199, "small": 1})
     tally.add_arrivals(output([("big", 0, None)]))
-    assert tally.done_fraction({f"{OBJECT_ROWS}big": 1, f"{OBJECT_ROWS}small": 1}) == pytest.approx(0.995)
-    assert tally.done_fraction({}) == pytest.approx(0.995), "a failed snapshot must not read as 0%"
+    tally.add_object_rows(stats.poll(tally.object_rows_seen)[1])
+    assert tally.done_fraction() == pytest.approx(0.995)
+    assert _poll(Broken(), SimpleNamespace(poll=SimpleNamespace(remote=lambda seen: None)), tally) == {}
+    assert tally.done_fraction() == pytest.approx(0.995), "a failed poll must not read as 0%"
     tally.print_progress(1, {})
     assert "99% of the source's objects done" in capsys.readouterr().err
 
@@ -81,11 +106,33 @@ def test_a_snapshot_without_counts_keeps_the_last_ones_and_100_means_all_done(ca
 def test_an_object_without_a_listed_size_weighs_the_mean_size() -> None:
     tally = Tally("index", 10.0, sizes={"a": 100, "b": 300, "unsized": None})
     tally.add_arrivals(output([("unsized", 0, None)]))
-    assert tally.done_fraction({f"{OBJECT_ROWS}unsized": 1}) == pytest.approx(200 / 600)
+    tally.add_object_rows([("unsized", 1)])
+    assert tally.done_fraction() == pytest.approx(200 / 600)
 
 
 def test_run_stats_keep_an_objects_count_when_a_retried_read_reports_it_again() -> None:
     stats = RunStats()
     for _ in range(2):
         stats.add({f"{OBJECT_ROWS}a": 3, "docs_in": 3})
-    assert stats.snapshot() == {f"{OBJECT_ROWS}a": 3, "docs_in": 6}
+    assert stats.snapshot() == {"docs_in": 6}
+    tally = Tally("index", 10.0, sizes={"a": 10})
+    tally.add_object_rows(stats.poll(0)[1])
+    assert tally.object_rows == {"a": 3}
+
+
+def test_a_poll_ships_only_the_object_counts_not_fetched_before() -> None:
+    from pipeline.runner import _poll
+
+    class Local:  # ray.get over a local RunStats
+        def get(self, value, timeout=None):
+            return value
+
+    stats, tally = RunStats(), Tally("index", 10.0, sizes={f"o{i}": 1 for i in range(5)})
+    local = SimpleNamespace(poll=SimpleNamespace(remote=stats.poll))
+    stats.add({f"{OBJECT_ROWS}o{i}": 1 for i in range(3)} | {"docs_in": 3})
+    assert _poll(Local(), local, tally) == {"docs_in": 3}
+    assert tally.object_rows_seen == 3
+    stats.add({f"{OBJECT_ROWS}o3": 1})
+    assert stats.poll(tally.object_rows_seen)[1] == [("o3", 1)]
+    _poll(Local(), local, tally)
+    assert tally.object_rows == {f"o{i}": 1 for i in range(4)}
