@@ -87,6 +87,7 @@ class Tally:
     _done: set[str] = field(default_factory=set, repr=False)  # objects whose every record arrived
     _done_weight: float = field(default=0.0, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)  # heartbeat thread
+    _first_done: tuple[float, float] | None = field(default=None, repr=False)  # (time, share) first seen > 0
 
     def add_arrivals(self, batch: pa.Table) -> None:
         """Count the records of an :class:`EmbedChunks` output by object: one per skipped record, one per
@@ -168,8 +169,8 @@ class Tally:
     def print_progress(self, docs_written: int, counters: dict[str, float]) -> None:
         """One progress line. ``counters`` are the stages' (a :class:`RunStats` snapshot): model tokens (through
         the model, windows and special tokens included) show work that has not reached the driver yet. The
-        objects' record counts (:meth:`add_object_rows`) give the share of the source done and a time left at
-        the rate so far."""
+        objects' record counts (:meth:`add_object_rows`) give the share of the source done and a time left (see
+        :meth:`time_left`)."""
         elapsed = time.monotonic() - self.started
         tokens = int(counters.get("forward_tokens", 0))
         line = (
@@ -180,9 +181,24 @@ class Tally:
         done = self.done_fraction()
         if done is not None:
             line += f", {math.floor(done * 100)}% of the source's objects done"  # 100% only when all are
-            if 0 < done < 1:
-                line += f", about {_duration(elapsed * (1 - done) / done)} left"
+            left = self.time_left(done)
+            if left is not None:
+                line += f", about {_duration(left)} left"
         log(line)
+
+    def time_left(self, done: float, now: float | None = None) -> float | None:
+        """Seconds left at the rate since the first share done was seen, so Ray's start, model loading and the
+        first block's forward do not slow the rate; until a second share is seen, at the rate since the start.
+        ``None`` before anything is done and once everything is."""
+        if not 0 < done < 1:
+            return None
+        now = time.monotonic() if now is None else now
+        if self._first_done is None:
+            self._first_done = (now, done)
+        since, done_then = self._first_done
+        if done > done_then and now > since:
+            return (1 - done) * (now - since) / (done - done_then)
+        return (now - self.started) * (1 - done) / done
 
 
 def _duration(seconds: float) -> str:

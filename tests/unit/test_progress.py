@@ -136,3 +136,13 @@ def test_a_poll_ships_only_the_object_counts_not_fetched_before() -> None:
     assert stats.poll(tally.object_rows_seen)[1] == [("o3", 1)]
     _poll(Local(), local, tally)
     assert tally.object_rows == {f"o{i}": 1 for i in range(4)}
+
+
+def test_the_time_left_runs_at_the_rate_since_the_first_share_done_not_since_the_start() -> None:
+    tally = Tally("index", 10.0, started=0.0, sizes={"a": 1})
+    assert tally.time_left(0.0, now=10.0) is None  # nothing done: no rate yet
+    assert tally.time_left(0.2, now=40.0) == pytest.approx(160.0)  # one point: the rate since the start
+    assert tally.time_left(0.2, now=50.0) == pytest.approx(200.0)
+    # 40% more in the 40 s since 20% was first seen: 40 s for the last 40% (start-up would have said 53 s)
+    assert tally.time_left(0.6, now=80.0) == pytest.approx(40.0)
+    assert tally.time_left(1.0, now=90.0) is None
