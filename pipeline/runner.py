@@ -167,7 +167,7 @@ class Tally:
         return dead
 
     def print_progress(self, docs_written: int, counters: dict[str, float]) -> None:
-        """One progress line. ``counters`` are the stages' (a :class:`RunStats` snapshot): model tokens (through
+        """One progress line. ``counters`` are the stages' (from :meth:`RunStats.poll`): model tokens (through
         the model, windows and special tokens included) show work that has not reached the driver yet. The
         objects' record counts (:meth:`add_object_rows`) give the share of the source done and a time left (see
         :meth:`time_left`)."""

@@ -51,10 +51,6 @@ class RunStats:
             else:
                 self.counters[name] += value
 
-    def snapshot(self) -> dict[str, float]:
-        """The summed counters (object record counts excluded)."""
-        return dict(self.counters)
-
     def poll(self, seen: int) -> tuple[dict[str, float], list[tuple[str, float]]]:
         """The summed counters and the object record counts reported after the first ``seen`` of them."""
         return dict(self.counters), self.object_rows[seen:]
