@@ -22,9 +22,10 @@ from fsspec.core import url_to_fs
 from pipeline import schema
 from pipeline.config import JobConfig
 from pipeline.fingerprint import embedding_settings, settings_digest
+from pipeline.known import KnownDocuments, read_known_documents
 from pipeline.lock import fsspec_options
 from pipeline.model import describe_model, raw_tokenizer
-from pipeline.sink import open_table, read_table_record, stored_documents
+from pipeline.sink import open_table, read_table_record
 from pipeline.sources import fingerprinted, list_source_objects, objects_table, read_object
 
 SAMPLE_OBJECTS = 5
@@ -62,9 +63,7 @@ def dry_run(config: JobConfig) -> dict[str, Any]:
     }
 
 
-def _sample(
-    objects: list, config: JobConfig, digest: str, known: dict[str, tuple[str, str]], backend: Any
-) -> dict[str, Any]:
+def _sample(objects: list, config: JobConfig, digest: str, known: KnownDocuments, backend: Any) -> dict[str, Any]:
     step = max(1, len(objects) // SAMPLE_OBJECTS)
     chosen = objects[::step][:SAMPLE_OBJECTS]
     totals: dict[str, Any] = {
@@ -109,14 +108,14 @@ def _count(doc: dict[str, Any], totals: dict[str, Any], backend: Any, text: str 
             totals["texts"].append(text)
 
 
-def _known_documents(config: JobConfig) -> dict[str, tuple[str, str]]:
+def _known_documents(config: JobConfig) -> KnownDocuments:
     fs, path = url_to_fs(config.sink.uri, **fsspec_options(config.sink.storage_options))
     if not fs.exists(path):  # connecting would create the directory, and a dry run writes nothing
-        return {}
+        return KnownDocuments()
     table = open_table(config.sink.uri, config.sink.table, config.sink.storage_options)
     if table is None or config.sink.mode == "overwrite" or read_table_record(table) is None:
-        return {}
-    return stored_documents(table)
+        return KnownDocuments()
+    return read_known_documents(table)
 
 
 def _throughput(config: JobConfig, model_label: str, texts: list[str]) -> tuple[float, str]:

@@ -7,11 +7,11 @@ which consumes the plan as a stream, so memory stays flat however large the corp
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from pipeline.config import JobConfig, RuntimeConfig
+from pipeline.known import KnownDocuments
 from pipeline.sources import SourceObject, objects_table
 from pipeline.stages import EmbedChunks, chunk_documents, chunk_settings, read_documents
 
@@ -58,7 +58,7 @@ def build_dataset(
     settings_digest: str,
     actors: ActorPlan,
     stats: Any = None,
-    known: Mapping[str, tuple[str, str]] | None = None,
+    known: KnownDocuments | None = None,
     limit: int | None = None,
 ) -> Any:
     """The lazy Ray Dataset of embedded chunk rows (``schema.embedded_schema``) for ``objects``. ``known``

@@ -33,6 +33,7 @@ from pipeline.chunking import rebuild_text
 from pipeline.config import JobConfig
 from pipeline.deadletters import DeadLetterLog
 from pipeline.fingerprint import settings_digest
+from pipeline.known import KnownDocuments
 from pipeline.lock import TableLock
 from pipeline.manifest import ObjectManifest
 from pipeline.model import ModelIdentity
@@ -236,7 +237,7 @@ def _execute(
 
     config, started_at, started = context.config, datetime.now(timezone.utc), time.monotonic()
     digest = settings_digest(context.settings)
-    known = sink.known_documents() if config.sink.mode == "upsert" else {}
+    known = sink.known_documents() if config.sink.mode == "upsert" else KnownDocuments()
     tally = runner.Tally("reembed", config.runtime.progress_seconds, started=started)
     runner.log(
         f"reembed: {source} (version {stored.version}, {len(fragments)} fragments, "
@@ -256,8 +257,7 @@ def _execute(
     def finish(outcome: dict[str, Any]) -> None:
         if context.limit is not None:
             return
-        present = runner.present_documents(sink, tally)
-        outcome["deleted"] = sink.delete_documents(sorted(set(known) - present))
+        outcome["deleted"] = sink.delete_documents(sorted(runner.absent_documents(known, sink, tally)))
         carry_manifest(config, source, digest, tally.dead_objects, context.run_id)
 
     summary_source = {

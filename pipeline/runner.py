@@ -27,7 +27,7 @@ import time
 import uuid
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import cached_property
@@ -40,7 +40,9 @@ import pyarrow.compute
 from pipeline import schema
 from pipeline.config import JobConfig, redacted
 from pipeline.deadletters import DeadLetterLog
+from pipeline.docids import DocIdSet, batched
 from pipeline.fingerprint import embedding_settings, settings_digest
+from pipeline.known import KnownDocuments
 from pipeline.lock import TableLock
 from pipeline.manifest import ObjectManifest, unchanged_objects
 from pipeline.model import ModelIdentity, describe_model
@@ -72,7 +74,7 @@ class Tally:
     started: float = field(default_factory=time.monotonic)
     chunks: int = 0
     tokens: int = 0
-    unchanged: set[str] = field(default_factory=set)
+    unchanged: DocIdSet = field(default_factory=DocIdSet)  # compact: a run may find millions unchanged
     dead_lettered: Counter = field(default_factory=Counter)
     dead_doc_ids: set[str] = field(default_factory=set)
     unreadable_objects: set[str] = field(default_factory=set)
@@ -263,18 +265,18 @@ def run_index(
 def _execute(context: RunContext, sink: LanceSink, dead_letters: DeadLetterLog) -> dict[str, Any]:
     config, started_at, started = context.config, datetime.now(timezone.utc), time.monotonic()
     digest = settings_digest(context.settings)
-    known = sink.known_documents() if config.sink.mode == "upsert" else {}
+    known = sink.known_documents() if config.sink.mode == "upsert" else KnownDocuments()
     manifest = ObjectManifest(config.sink.uri, config.sink.table, config.sink.storage_options)
     if config.sink.mode == "overwrite":
         manifest.clear()
     skip = set()
     if context.job != "replay" and known:
-        skip = unchanged_objects(context.objects, manifest.load(), digest, Counter(u for _, u in known.values()))
+        skip = unchanged_objects(context.objects, manifest.load(), digest, known.docs_per_object())
     to_read = [obj for obj in context.objects if obj.path not in skip]
     # A --limit run stops early: it has no share of the source to show.
     sizes = {obj.path: obj.size for obj in to_read} if context.limit is None else {}
     tally = Tally(context.job, config.runtime.progress_seconds, started, objects_skipped=len(skip), sizes=sizes)
-    tally.unchanged.update(doc for doc, (_, uri) in known.items() if uri in skip)
+    tally.unchanged.update(known.in_objects(skip))
     sink.keep_documents(_kept_documents(context, known, to_read, tally))
     log(
         f"{context.job}: {len(context.objects):,} {config.source.format} objects at {config.source.uri} "
@@ -412,7 +414,9 @@ def _manifest_rows(run_id: str, objects: list[SourceObject], digest: str, tally:
     ]
 
 
-def _kept_documents(context: RunContext, known: dict, to_read: list[SourceObject], tally: Tally) -> set[str]:
+def _kept_documents(
+    context: RunContext, known: KnownDocuments, to_read: list[SourceObject], tally: Tally
+) -> Iterable[str]:
     """Documents the table keeps whatever this run reads, so that a copy of one of their ids in a read object
     is a duplicate, not a move. An ``index`` run lists the whole source: a document whose object is gone may
     have moved, so only those of objects skipped as unchanged are kept. A ``backfill`` or ``replay`` sees part of
@@ -420,13 +424,20 @@ def _kept_documents(context: RunContext, known: dict, to_read: list[SourceObject
     (the next ``index`` run moves what really moved)."""
     if context.job == "index":
         return tally.unchanged
-    reading = {obj.path for obj in to_read}
-    return {doc for doc, (_, uri) in known.items() if uri not in reading}
+    return known.in_objects([obj.path for obj in to_read], inside=False)
 
 
-def present_documents(sink: LanceSink, tally: Tally) -> set[str]:
-    """Document ids this run found in what it read: written, unchanged, or dead-lettered (kept as they were)."""
-    return sink.seen_docs | tally.unchanged | tally.dead_doc_ids
+PRESENCE_BATCH = 65_536  # ids looked up at once: bounds the digests held while checking a huge table
+
+
+def absent_documents(doc_ids: Iterable[str], sink: LanceSink, tally: Tally) -> list[str]:
+    """Those of ``doc_ids`` this run did not find in what it read: not written, not unchanged, not
+    dead-lettered (a dead-lettered document keeps its stored rows). In the order given."""
+    absent: list[str] = []
+    for batch in batched(doc_ids, PRESENCE_BATCH):
+        present = sink.seen_docs.contains(batch) | tally.unchanged.contains(batch)
+        absent.extend(doc for doc, here in zip(batch, present) if not here and doc not in tally.dead_doc_ids)
+    return absent
 
 
 def _removes_missing(context: RunContext) -> bool:
@@ -435,14 +446,13 @@ def _removes_missing(context: RunContext) -> bool:
     return context.job == "index" and context.config.sink.delete_missing and context.limit is None
 
 
-def _delete_missing(context: RunContext, sink: LanceSink, known: dict, tally: Tally) -> int:
+def _delete_missing(context: RunContext, sink: LanceSink, known: KnownDocuments, tally: Tally) -> int:
     """Remove documents gone from the source (see ``_removes_missing``), never those whose object could not be
     read this time."""
     if not _removes_missing(context):
         return 0
-    present = present_documents(sink, tally)
-    gone = [doc for doc, (_, uri) in known.items() if doc not in present and uri not in tally.unreadable_objects]
-    return sink.delete_documents(sorted(gone))
+    readable = known.in_objects(tally.unreadable_objects, inside=False)
+    return sink.delete_documents(sorted(absent_documents(readable, sink, tally)))
 
 
 def budget_status(config: JobConfig, tally: Tally, docs_written: int) -> str:

@@ -28,6 +28,8 @@ import pyarrow.compute as pc
 
 from pipeline import schema
 from pipeline.config import SinkConfig, redacted
+from pipeline.docids import DocIdSet
+from pipeline.known import KnownDocuments, read_known_documents
 from pipeline.model import ModelIdentity
 
 DELETE_BATCH = 500
@@ -96,25 +98,6 @@ def check_compatible(table_name: str, stored: dict[str, Any] | None, identity: M
         )
 
 
-def stored_documents(table: Any) -> dict[str, tuple[str, str]]:
-    """``doc_id -> (doc_fingerprint, source_uri)`` of every document ``table`` holds (one scan of chunk 0 rows)."""
-    if table is None or table.count_rows() == 0:
-        return {}
-    rows = (
-        table.search()
-        .where(f"{schema.CHUNK_INDEX} = 0")
-        .select([schema.DOC_ID, schema.DOC_FINGERPRINT, schema.SOURCE_URI])
-        .limit(table.count_rows())
-        .to_arrow()
-    )
-    # The driver holds this map for the whole run: one string per object, shared by its documents, instead of
-    # one per document (323 -> 225 bytes per document held, measured over 300k documents in 250-doc objects).
-    uris = pc.dictionary_encode(rows[schema.SOURCE_URI], null_encoding="encode").combine_chunks()
-    names = uris.dictionary.to_pylist()
-    pairs = zip(rows[schema.DOC_FINGERPRINT].to_pylist(), [names[i] for i in uris.indices.to_pylist()])
-    return dict(zip(rows[schema.DOC_ID].to_pylist(), pairs))
-
-
 def connect(uri: str, storage_options: dict[str, Any] | None = None) -> Any:
     """A LanceDB connection (local path or object-store URI)."""
     return lancedb.connect(uri, storage_options=storage_options or None)
@@ -161,8 +144,9 @@ class LanceSink:
         self.partial: dict[str, list[pa.Table]] = defaultdict(list)
         self.ready: list[pa.Table] = []
         self.ready_rows = 0
-        self.seen_docs: set[str] = set()
-        self.kept_docs: set[str] = set()
+        # Every id this run wrote or keeps: ~16 bytes an id, not ~100 as a set of str (see pipeline.docids).
+        self.seen_docs = DocIdSet()
+        self.kept_docs = DocIdSet()
         self.last_commit = time.monotonic()
         self.stats = {"rows_written": 0, "docs_written": 0, "commits": 0, "write_s": 0.0}
 
@@ -177,9 +161,9 @@ class LanceSink:
         check_compatible(self.config.table, read_table_record(table), identity, settings)
         return table
 
-    def known_documents(self) -> dict[str, tuple[str, str]]:
+    def known_documents(self) -> KnownDocuments:
         """``doc_id -> (doc_fingerprint, source_uri)`` of every document the table holds (empty when new)."""
-        return stored_documents(self.table)
+        return read_known_documents(self.table)
 
     def delete_documents(self, doc_ids: list[str]) -> int:
         """Remove every chunk of ``doc_ids`` (one commit per ``DELETE_BATCH`` documents); returns the count."""
@@ -199,18 +183,23 @@ class LanceSink:
         another copy of the same id arriving later is a duplicate, not a replacement. Returns ``skip_rows`` with
         each ``unchanged`` row whose id this run already took (written, partly arrived, or kept) turned into a
         ``duplicate_doc_id`` row: the copy taken first stays."""
+        unchanged = [row[schema.DOC_ID] for row in skip_rows if row[schema.ERROR] == schema.UNCHANGED]
+        taken = {doc for doc, was_taken in zip(unchanged, self._taken(unchanged)) if was_taken}
         rows = []
         for row in skip_rows:
             doc = row[schema.DOC_ID]
-            if row[schema.ERROR] == schema.UNCHANGED and self._taken(doc):
+            if row[schema.ERROR] == schema.UNCHANGED and doc in taken:
                 row = {**row, schema.ERROR: "duplicate_doc_id", schema.ERROR_DETAIL: DUPLICATE_DETAIL}
             elif row[schema.ERROR] == schema.UNCHANGED:
+                taken.add(doc)  # a second copy in the same batch is a duplicate too
                 self.kept_docs.add(doc)
             rows.append(row)
         return rows
 
-    def _taken(self, doc: str) -> bool:
-        return doc in self.seen_docs or doc in self.partial or doc in self.kept_docs
+    def _taken(self, docs: list[str]) -> list[bool]:
+        """Whether this run already took each of ``docs``: written, partly arrived, or kept."""
+        found = self.seen_docs.contains(docs) | self.kept_docs.contains(docs)
+        return [bool(hit) or doc in self.partial for doc, hit in zip(docs, found)]
 
     def write(self, chunks: pa.Table) -> list[dict[str, Any]]:
         """Queue chunk rows; commit when a bound is reached. Returns rows of duplicate documents dropped."""
@@ -226,9 +215,11 @@ class LanceSink:
 
     def _complete_documents(self, chunks: pa.Table) -> tuple[pa.Table, list[dict[str, Any]]]:
         counts = chunks.group_by(schema.DOC_ID).aggregate([(schema.CHUNK_ID, "count"), (schema.CHUNK_COUNT, "max")])
+        docs, arrived, expected_counts = (counts.column(i).to_pylist() for i in range(3))
+        earlier = self.seen_docs.contains(docs) | self.kept_docs.contains(docs)
         whole, duplicates, held = [], [], []
-        for doc, count, expected in zip(*(counts.column(i).to_pylist() for i in range(3))):
-            if doc in self.seen_docs or doc in self.kept_docs or count > expected or self._repeats_held(doc, chunks):
+        for doc, count, expected, taken in zip(docs, arrived, expected_counts, earlier):
+            if taken or count > expected or self._repeats_held(doc, chunks):
                 duplicates.append(doc)
             elif count == expected and doc not in self.partial:
                 whole.append(doc)
@@ -265,7 +256,7 @@ class LanceSink:
         for doc in docs:
             of_doc = chunks.filter(pc.equal(chunks[schema.DOC_ID], doc))
             copies = of_doc.filter(pc.equal(of_doc[schema.CHUNK_INDEX], 0))[schema.SOURCE_URI].to_pylist()
-            if not self._taken(doc):  # both copies in one block: keep the first
+            if not self._taken([doc])[0]:  # both copies in one block: keep the first
                 self.ready.append(self._first_copy(of_doc))
                 self.ready_rows += self.ready[-1].num_rows
                 self.seen_docs.add(doc)

@@ -27,6 +27,7 @@ from fsspec.core import url_to_fs
 from pipeline import schema
 from pipeline.config import SourceConfig
 from pipeline.fingerprint import document_fingerprint
+from pipeline.known import KnownDocuments
 
 log = logging.getLogger(__name__)
 _GLOB_CHARS = ("*", "?", "[")
@@ -125,21 +126,16 @@ def _version_tag(info: dict[str, Any]) -> str | None:
     return None
 
 
-def objects_table(
-    objects: Iterable[SourceObject], known: Mapping[str, tuple[str, str]] | None = None
-) -> list[dict[str, Any]]:
+def objects_table(objects: Iterable[SourceObject], known: KnownDocuments | None = None) -> list[dict[str, Any]]:
     """Source objects as rows for ``ray.data.from_items``: the :class:`SourceObject` fields, plus
-    ``known_doc_ids`` / ``known_fingerprints``, the documents the table holds from that object (``known`` is
-    ``doc_id -> (fingerprint, source_uri)``, as ``stored_documents`` returns it).
+    ``known_doc_ids`` / ``known_fingerprints``, the documents the table holds from that object (``known``: what
+    ``LanceSink.known_documents`` returns).
 
     Each read task gets just its objects' share, not the whole table's map: a worker's memory stays bounded by
     its objects however big the table grows. A document that moved to another object is not found there, so
     it is embedded again and its rows get the new ``source_uri``."""
-    by_object: dict[str, tuple[list[str], list[str]]] = {}
-    for doc_id, (fingerprint, uri) in (known or {}).items():
-        ids, fingerprints = by_object.setdefault(uri, ([], []))
-        ids.append(doc_id)
-        fingerprints.append(fingerprint)
+    objects = list(objects)
+    by_object = known.in_objects([obj.path for obj in objects]).by_object() if known else {}
     rows = []
     for obj in objects:
         ids, fingerprints = by_object.get(obj.path, ([], []))

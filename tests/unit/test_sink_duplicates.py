@@ -104,23 +104,3 @@ def test_two_copies_in_one_block_keep_the_first(sink: LanceSink) -> None:
     block = pa.concat_tables([chunks("x", "a", [0, 1], 2), chunks("x", "b", [0, 1], 2)])
     assert reasons(sink.write(block)) == [("b", "duplicate_doc_id")]
     assert stored(sink) == {"x": {"a"}}
-
-
-def test_stored_documents_maps_each_document_to_its_fingerprint_and_object_sharing_object_names(tmp_path) -> None:
-    import lancedb
-
-    from pipeline.sink import stored_documents
-
-    rows = pa.table(
-        {
-            schema.DOC_ID: ["a", "a", "b", "c"],
-            schema.CHUNK_INDEX: pa.array([0, 1, 0, 0], pa.int32()),
-            schema.DOC_FINGERPRINT: ["fa", "fa", "fb", "fc"],
-            schema.SOURCE_URI: ["s3://x/1.jsonl", "s3://x/1.jsonl", "s3://x/1.jsonl", "s3://x/2.jsonl"],
-        }
-    )
-    table = lancedb.connect(str(tmp_path)).create_table("chunks", rows)
-    stored = stored_documents(table)
-    assert stored == {"a": ("fa", "s3://x/1.jsonl"), "b": ("fb", "s3://x/1.jsonl"), "c": ("fc", "s3://x/2.jsonl")}
-    assert stored["a"][1] is stored["b"][1]  # one string per object, not per document
-    assert stored_documents(None) == {}

@@ -13,6 +13,7 @@ import pytest
 from pipeline import schema
 from pipeline.config import SourceConfig
 from pipeline.fingerprint import document_fingerprint
+from pipeline.known import KnownDocuments
 from pipeline.sources import (
     SourceError,
     content_hash,
@@ -153,7 +154,7 @@ def test_each_object_row_carries_only_the_known_documents_of_that_object(tmp_pat
     for obj in objects:
         for doc in read_object(obj.path, obj.root, source):
             fingerprints[doc[schema.DOC_ID]] = (fingerprinted(doc, "d", {})[schema.DOC_FINGERPRINT], obj.path)
-    known = {**fingerprints, "gone": ("f", "/elsewhere/c.jsonl")}
+    known = KnownDocuments.from_mapping({**fingerprints, "gone": ("f", "/elsewhere/c.jsonl")})
     rows = objects_table(objects, known)
     assert [(r["known_doc_ids"], r["known_fingerprints"]) for r in rows] == [
         (["a1"], [fingerprints["a1"][0]]),
@@ -165,7 +166,7 @@ def test_each_object_row_carries_only_the_known_documents_of_that_object(tmp_pat
     docs = [d for t in read_objects(pa.Table.from_pylist(rows), source, "d") for d in t.to_pylist()]
     assert [(d[schema.DOC_ID], d[schema.ERROR]) for d in docs] == [("a1", schema.UNCHANGED), ("b1", schema.UNCHANGED)]
     # A document that moved to another object is not looked up there: it is embedded again, with its new uri.
-    moved = objects_table(objects, {"a1": (fingerprints["a1"][0], objects[1].path)})
+    moved = objects_table(objects, KnownDocuments.from_mapping({"a1": (fingerprints["a1"][0], objects[1].path)}))
     docs = [d for t in read_objects(pa.Table.from_pylist(moved), source, "d") for d in t.to_pylist()]
     assert [(d[schema.DOC_ID], d[schema.ERROR]) for d in docs] == [("a1", None), ("b1", None)]
 
