@@ -72,7 +72,7 @@ def run_writing_job(job: str, work: Callable[[], dict[str, Any]]) -> int:
     """Run a job that writes the table; print the summary's head; map failures to exit codes."""
     try:
         summary = work()
-    except (SourceError, TableMismatch, ReembedError) as exc:
+    except (ConfigError, SourceError, TableMismatch, ReembedError) as exc:
         return fail(str(exc), "config")
     except TableLocked as exc:
         return fail(str(exc), "locked")

@@ -14,6 +14,7 @@ from jobs.common import config_arguments, fail, parse
 from jobs.promote import default_table
 from pipeline.aliases import pointed_at, serving_table
 from pipeline.compare import QueryFileError, compare_report, load_queries, sample_queries, table_side, write_report
+from pipeline.config import ConfigError
 from pipeline.runner import EXIT_CODES
 from pipeline.search import search
 from pipeline.sink import TableMismatch, connect, table_names
@@ -43,7 +44,10 @@ def main(argv: list[str] | None = None) -> int:
         return fail(f"--min-overlap: must be between 0 and 1 (got {args.min_overlap})", "config")
     db = connect(config.sink.uri, config.sink.storage_options)
     old_name = args.old or serving_table(db, config.sink.table)
-    new_name = args.new or default_table(config)
+    try:
+        new_name = args.new or default_table(config)
+    except ConfigError as exc:
+        return fail(str(exc), "config")
     for flag, name in (("--old", old_name), ("--new", new_name)):
         if name not in table_names(db):
             hint = "build it with `lateline reembed`" if flag == "--new" else "run `lateline index`"
@@ -53,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         queries = load_queries(args.queries) if args.queries else sampled_queries(old_table, args.sample)
         old_hits = search(pointed_at(config, db, old_name), queries, k=args.k)
         new_hits = search(pointed_at(config, db, new_name), queries, k=args.k)
-    except (QueryFileError, TableMismatch) as exc:
+    except (ConfigError, QueryFileError, TableMismatch) as exc:
         return fail(str(exc), "config")
     old, new = table_side(old_table, old_name), table_side(new_table, new_name)
     report = compare_report(queries, old_hits, new_hits, old, new, args.k, min_mean_doc_overlap=args.min_overlap)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from jobs.common import config_arguments, fail, parse
+from pipeline.config import ConfigError
 from pipeline.evaluation import DatasetError, run_eval
 from pipeline.runner import EXIT_CODES
 from pipeline.search import TableNotFound
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         report = run_eval(config, args.dataset, args.out, args.chunk_sizes or [config.chunking.size], args.table)
     except DatasetError as exc:
         return fail(str(exc), "config")
-    except (TableNotFound, TableMismatch) as exc:
+    except (ConfigError, TableNotFound, TableMismatch) as exc:
         return fail(str(exc), "config")
     print((args.out / "results.md").read_text())
     print(f"results: {args.out / 'results.json'}, {args.out / 'results.png'} ({report['queries']} queries)")

@@ -14,7 +14,7 @@ from typing import Any
 
 from jobs.common import config_arguments, fail, parse
 from pipeline.aliases import MISSING_DOCUMENTS, AliasError, AliasState, promote, promotion_problems
-from pipeline.config import JobConfig
+from pipeline.config import ConfigError, JobConfig
 from pipeline.fingerprint import embedding_settings
 from pipeline.lock import TableLocked
 from pipeline.model import describe_model
@@ -37,7 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(config, int):
         return config
     sink = config.sink
-    table = args.table or default_table(config)
+    try:
+        table = args.table or default_table(config)
+    except ConfigError as exc:
+        return fail(str(exc), "config")
     db = connect(sink.uri, sink.storage_options)
 
     def check() -> list[str]:

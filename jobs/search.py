@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from jobs.common import config_arguments, fail, load_or_exit
+from pipeline.config import ConfigError
 from pipeline.runner import EXIT_CODES
 from pipeline.search import TableNotFound, search
 from pipeline.sink import TableMismatch
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         return config
     try:
         [hits] = search(config, [args.query], k=args.k, by_document=args.by_document)
-    except (TableNotFound, TableMismatch) as exc:
+    except (ConfigError, TableNotFound, TableMismatch) as exc:
         return fail(str(exc), "config")
     for rank, hit in enumerate(hits, start=1):
         text = " ".join(hit.text.split())

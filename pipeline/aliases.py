@@ -106,6 +106,8 @@ def promote(
     and runs ``check`` under it: any problems it returns abort the promote with :class:`AliasError`."""
     if table not in table_names(db):
         raise AliasError(f"no table {table!r} at {uri!r} to promote (lateline reembed builds one)")
+    if table.endswith(HELPER_SUFFIXES):
+        raise AliasError(f"{table!r} is one of lateline's helper tables, not a table of vectors: it cannot be served")
     with (
         TableLock(uri, table, f"promote-{table}", storage_options),
         TableLock(uri, name + ALIAS_SUFFIX, f"promote-{table}", storage_options),

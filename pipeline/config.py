@@ -212,6 +212,10 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> JobConf
         raw = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
         raise ConfigError(f"--config: no such file ({str(path)!r})") from None
+    except IsADirectoryError:
+        raise ConfigError(f"--config: {str(path)!r} is a directory; give a YAML file (see configs/)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--config: cannot read {str(path)!r} ({exc})") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"--config: {path} is not valid YAML: {exc}") from None
     if not isinstance(raw, dict):

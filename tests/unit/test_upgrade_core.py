@@ -41,6 +41,21 @@ def test_alias_history_replays_as_a_stack() -> None:
 TEXT = "First sentence here.  Second one!\n\nA new paragraph starts. And ends."
 
 
+def test_a_helper_table_cannot_be_promoted(tmp_path: Path) -> None:
+    import lancedb
+    import pyarrow as pa
+
+    from pipeline.aliases import AliasError, promote
+
+    db = lancedb.connect(str(tmp_path))
+    for name in ("chunks", "chunks__deadletter", "chunks__alias"):
+        db.create_table(name, pa.table({"x": [1]}))
+    for helper in ("chunks__deadletter", "chunks__alias"):
+        with pytest.raises(AliasError, match="helper tables"):
+            promote(db, str(tmp_path), "chunks", helper)
+    assert not list(tmp_path.glob("*.lateline-lock"))
+
+
 def test_rebuilt_text_puts_every_chunk_back_at_its_offsets(encode_offsets) -> None:
     offsets = encode_offsets(TEXT)
     spans = chunk_spans(TEXT, offsets, "sentences", size=8, sentences_per_chunk=1)
