@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.compute
 
 from pipeline import schema
-from pipeline.config import JobConfig, redacted
+from pipeline.config import ConfigError, JobConfig, redacted
 from pipeline.deadletters import DeadLetterLog
 from pipeline.docids import DocIdSet, batched
 from pipeline.fingerprint import embedding_settings, settings_digest
@@ -227,7 +227,14 @@ class RunContext:
 
 
 def prepare(config: JobConfig, job: str, objects: list[SourceObject] | None, limit: int | None) -> RunContext:
-    """Describe the model, settle the settings and list the source. Raises ``SourceError`` on a bad source."""
+    """Describe the model, settle the settings and list the source. Raises ``SourceError`` on a bad source,
+    ``ConfigError`` on a model that cannot be loaded or an ``overwrite`` by a job that must not remove anything."""
+    if config.sink.mode == "overwrite" and job in ("backfill", "replay"):
+        raise ConfigError(
+            f"sink.mode: 'overwrite' would drop every document of table {config.sink.table!r} that this {job} "
+            "does not read; a backfill or replay never removes anything (use sink.mode: upsert, or `lateline "
+            "index` with overwrite to rebuild the table from the whole source)"
+        )
     _, _, _, identity = describe_model(config.model, config.embedding.document_prefix)
     identity = dataclasses.replace(identity, dtype=config.sink.vector_dtype)
     settings = embedding_settings(config.chunking, config.embedding, identity)

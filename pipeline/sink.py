@@ -152,10 +152,10 @@ class LanceSink:
 
     def _open(self, identity: ModelIdentity, settings: dict) -> Any:
         exists = self.config.table in table_names(self.db)
-        if exists and self.config.mode == "overwrite":
-            self.db.drop_table(self.config.table)
-            return None
-        if not exists:
+        # ``overwrite`` replaces the table at the first commit (or at close when nothing is written), not now:
+        # searches keep the old table until then, and a run that fails before it leaves the old table whole.
+        self.replaces = exists and self.config.mode == "overwrite"
+        if not exists or self.replaces:
             return None
         table = self.db.open_table(self.config.table)
         check_compatible(self.config.table, read_table_record(table), identity, settings)
@@ -291,7 +291,7 @@ class LanceSink:
         started = time.perf_counter()
         data = pa.concat_tables(self.ready)
         if self.table is None:
-            self.table = self.db.create_table(self.config.table, data=data, schema=self.schema)
+            self.table = self._create(data)
         elif self.created_here:
             self.table.add(data)
         else:
@@ -311,14 +311,21 @@ class LanceSink:
         if self.on_commit is not None:
             self.on_commit()
 
+    def _create(self, data: pa.Table) -> Any:
+        mode = "overwrite" if self.replaces else "create"
+        return self.db.create_table(self.config.table, data=data, schema=self.schema, mode=mode)
+
     def close(self) -> dict[str, Any]:
-        """Commit what is left; return write counters with the table's row count and version.
+        """Commit what is left; return write counters with the table's row count and version. An ``overwrite``
+        run that wrote nothing still replaces the table, with an empty one.
 
         Rows of documents still incomplete here mean a stage lost rows: that is a bug, reported as an error.
         """
         self.commit()
         if self.partial:
             raise RuntimeError(f"incomplete documents at the end of the run: {sorted(self.partial)[:10]}")
+        if self.table is None and self.replaces:
+            self.table = self._create(self.schema.empty_table())
         if self.table is None:
             return {**self.stats, "table_rows": 0, "table_version": None}
         return {**self.stats, "table_rows": self.table.count_rows(), "table_version": self.table.version}

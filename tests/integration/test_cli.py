@@ -86,6 +86,13 @@ def test_a_model_directory_without_weights_is_refused_before_ray_starts(tmp_path
     assert not (tmp_path / "runs").exists()
 
 
+def test_overwrite_is_refused_by_a_backfill_which_never_removes_anything(tmp_path: Path) -> None:
+    result = _lateline("backfill", "--config", _write(tmp_path, _local(tmp_path, sink={"mode": "overwrite"})))
+    assert result.returncode == 2, result.stderr
+    assert "sink.mode" in result.stderr and "overwrite" in result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
 def test_search_before_index_says_what_to_do(tmp_path: Path) -> None:
     result = _lateline("search", "--config", _write(tmp_path, _local(tmp_path)), "anything")
     assert result.returncode == 2 and "lateline index" in result.stderr
