@@ -3,9 +3,12 @@
 Sampling reads up to ``SAMPLE_OBJECTS`` objects spread over the listing, each up to ``SAMPLE_DOCS`` documents.
 Fully read objects give documents and tokens per byte of object; when none was read to its end, the text bytes
 of the sample stand in for object bytes (slightly optimistic for JSONL). The documents the table already holds
-with the same fingerprint are estimated from the sample too. Throughput comes from the newest run summary of
-the same model in ``runtime.summary_dir`` (tokens/s over its wall time), else from a short forward benchmark
-on the sampled documents on this machine (labelled as such: a cluster may be faster).
+with the same fingerprint are estimated from the sample too. Throughput comes from the newest successful run
+in ``runtime.summary_dir`` with the same model and embedding settings that embedded at least
+``MIN_BASIS_TOKENS`` document tokens (a smaller run measures mostly its start-up): its document tokens per
+second of embedding (the actors' forward time), plus its start-up and writing time once when there is anything
+to embed. Else a short forward benchmark on the sampled documents on this machine (labelled as such: a cluster
+may be faster).
 """
 
 from __future__ import annotations
@@ -31,12 +34,14 @@ from pipeline.sources import fingerprinted, list_source_objects, objects_table, 
 SAMPLE_OBJECTS = 5
 SAMPLE_DOCS = 200
 BENCHMARK_TOKENS = 20_000
+MIN_BASIS_TOKENS = 20_000  # document tokens a run must have embedded to serve as the throughput basis
 
 
 def dry_run(config: JobConfig) -> dict[str, Any]:
     """The estimate as JSON data (see the module doc)."""
     tokenizer, _, _, identity = describe_model(config.model, config.embedding.document_prefix)
-    digest = settings_digest(embedding_settings(config.chunking, config.embedding, identity))
+    settings = embedding_settings(config.chunking, config.embedding, identity)
+    digest = settings_digest(settings)
     objects = list_source_objects(config.source)
     total_bytes = sum(obj.size or 0 for obj in objects)
     known = _known_documents(config)
@@ -44,7 +49,7 @@ def dry_run(config: JobConfig) -> dict[str, Any]:
     scale = total_bytes / sample["bytes"] if sample["bytes"] else 0.0
     docs, tokens = sample["docs"] * scale, sample["tokens"] * scale
     to_embed = sample["changed_tokens"] * scale
-    throughput, basis = _throughput(config, identity.label, sample["texts"])
+    throughput, fixed_s, basis = _throughput(config, settings, sample["texts"])
     return {
         "source": config.source.uri,
         "objects": len(objects),
@@ -57,7 +62,7 @@ def dry_run(config: JobConfig) -> dict[str, Any]:
         "estimated_bad_records": dict(sample["bad"]),
         "tokens_per_s": round(throughput, 1),
         "throughput_basis": basis,
-        "estimated_seconds": round(to_embed / throughput, 1) if throughput else None,
+        "estimated_seconds": round(to_embed / throughput + (fixed_s if to_embed else 0), 1) if throughput else None,
         "model": identity.label,
         "table": f"{config.sink.uri}/{config.sink.table}",
     }
@@ -118,19 +123,30 @@ def _known_documents(config: JobConfig) -> KnownDocuments:
     return read_known_documents(table)
 
 
-def _throughput(config: JobConfig, model_label: str, texts: list[str]) -> tuple[float, str]:
+def _throughput(config: JobConfig, settings: dict, texts: list[str]) -> tuple[float, float, str]:
+    """``(document tokens/s while embedding, seconds a run spends besides embedding, what they come from)``."""
     for path in sorted(Path(config.runtime.summary_dir).glob("*/summary.json"), reverse=True):
-        summary = json.loads(path.read_text())
-        tokens, wall = summary.get("counts", {}).get("document_tokens", 0), summary.get("wall_s", 0)
-        if (
-            summary.get("status") == "ok"
-            and tokens
-            and wall
-            and summary.get("model", {}).get("fingerprint")
-            and (f"{summary['model']['name']}@{summary['model']['fingerprint']}" == model_label)
-        ):
-            return tokens / wall, f"run {summary.get('run_id')} (end to end, this config's summary_dir)"
-    return _benchmark(config, texts), "a forward benchmark on this machine (no earlier run of this model found)"
+        measured = _measured_throughput(json.loads(path.read_text()), settings)
+        if measured is not None:
+            return measured
+    rate = _benchmark(config, texts)
+    return rate, 0.0, "a forward benchmark on this machine (no earlier run of this model and settings found)"
+
+
+def _measured_throughput(summary: dict[str, Any], settings: dict) -> tuple[float, float, str] | None:
+    """The throughput a run summary shows, if it is a fit basis (see the module doc)."""
+    tokens = summary.get("counts", {}).get("document_tokens", 0)
+    same = json.dumps(summary.get("settings"), sort_keys=True) == json.dumps(settings, sort_keys=True)
+    if summary.get("status") != "ok" or not same or tokens < MIN_BASIS_TOKENS:
+        return None
+    wall = summary.get("wall_s") or 0.0
+    actors = (summary.get("actors") or {}).get("size") or 1
+    embedding_s = (summary.get("time_s") or {}).get("embed", 0.0) / actors  # actors embed side by side
+    if embedding_s <= 0 or embedding_s > wall:
+        return (tokens / wall, 0.0, f"run {summary.get('run_id')} (end to end)") if wall else None
+    fixed = wall - embedding_s
+    basis = f"run {summary.get('run_id')} ({tokens:,} tokens at its embedding rate, plus its {fixed:.0f} s of start-up)"
+    return tokens / embedding_s, fixed, basis
 
 
 def _benchmark(config: JobConfig, texts: list[str]) -> float:
