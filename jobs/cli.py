@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 JOBS = {
@@ -22,11 +23,21 @@ JOBS = {
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in {"-h", "--help"} or argv[0] not in JOBS:
+    asked = bool(argv) and argv[0] in {"-h", "--help"}
+    if not argv or asked or argv[0] not in JOBS:
         known = "\n".join(f"  {name:<11} {text}" for name, text in JOBS.items())
-        print(f"usage: lateline <job> [options]  (lateline <job> --help for more)\n\njobs:\n{known}", file=sys.stderr)
-        return 0 if argv and argv[0] in {"-h", "--help"} else 2
-    return importlib.import_module(f"jobs.{argv[0]}").main(argv[1:])
+        usage = f"usage: lateline <job> [options]  (lateline <job> --help for more)\n\njobs:\n{known}"
+        if asked:  # help that was asked for goes to stdout, so it can be paged
+            print(usage)
+            return 0
+        print((f"lateline: unknown job {argv[0]!r}\n" if argv else "") + usage, file=sys.stderr)
+        return 2
+    try:
+        return importlib.import_module(f"jobs.{argv[0]}").main(argv[1:])
+    except BrokenPipeError:
+        # The reader of stdout went away (`lateline deadletter list | head`): not an error of the job.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

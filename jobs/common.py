@@ -46,7 +46,8 @@ def load_or_exit(args: argparse.Namespace, serving: bool = True) -> JobConfig | 
     try:
         config = load_config(args.config, args.overrides)
     except ConfigError as exc:
-        print(f"config error in {args.config}:", file=sys.stderr)
+        where = f"{args.config} with --set {' '.join(args.overrides)}" if args.overrides else args.config
+        print(f"config error in {where}:", file=sys.stderr)
         for line in str(exc).splitlines():
             print(f"  {line}", file=sys.stderr)
         return EXIT_CODES["config"]

@@ -28,7 +28,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--queries", help="queries file: .jsonl with text/query fields, or one query per line")
     p.add_argument("--sample", type=int, default=50, help="queries sampled from the old table's chunks (default 50)")
     p.add_argument("-k", type=int, default=10, help="top k compared (default 10)")
-    p.add_argument("--min-overlap", type=float, default=0.5, help="verdict: least mean document overlap@k")
+    p.add_argument(
+        "--min-overlap", type=float, default=0.5, help="verdict: least mean document overlap@k (default 0.5)"
+    )
     p.add_argument("--out", default="compare-results", help="directory for compare.json/.md/.png")
     return p
 

@@ -49,7 +49,7 @@ from pipeline.model import ModelIdentity, describe_model
 from pipeline.plan import ActorPlan, build_dataset, size_actor_pool
 from pipeline.sink import LanceSink, recorded_sections
 from pipeline.sources import SourceObject, list_source_objects
-from pipeline.stages import RunStats, split_skips
+from pipeline.stages import COMPUTE_DTYPE, RunStats, split_skips
 
 EXIT_CODES = {"ok": 0, "failed": 1, "config": 2, "failure_budget_exceeded": 3, "locked": 4}
 SKIP_EXAMPLES = 20
@@ -203,6 +203,11 @@ class Tally:
         return (now - self.started) * (1 - done) / done
 
 
+def _plural(count: int, noun: str) -> str:
+    """``1 jsonl object``, ``3 jsonl objects``."""
+    return f"{count:,} {noun}" + ("" if count == 1 else "s")
+
+
 def _duration(seconds: float) -> str:
     """``45s``, ``12m``, ``3h05m``."""
     if seconds < 90:
@@ -224,6 +229,7 @@ class RunContext:
     settings: dict
     objects: list[SourceObject]
     limit: int | None
+    origin: str = ""  # where the objects came from, for the log: source.uri, or the URIs the job was given
 
 
 def prepare(config: JobConfig, job: str, objects: list[SourceObject] | None, limit: int | None) -> RunContext:
@@ -238,8 +244,9 @@ def prepare(config: JobConfig, job: str, objects: list[SourceObject] | None, lim
     _, _, _, identity = describe_model(config.model, config.embedding.document_prefix)
     identity = dataclasses.replace(identity, dtype=config.sink.vector_dtype)
     settings = embedding_settings(config.chunking, config.embedding, identity)
+    origin = config.source.uri if objects is None else "the given URIs"
     objects = list_source_objects(config.source) if objects is None else objects
-    return RunContext(config, job, new_run_id(), identity, settings, objects, limit)
+    return RunContext(config, job, new_run_id(), identity, settings, objects, limit, origin)
 
 
 def run_index(
@@ -286,7 +293,7 @@ def _execute(context: RunContext, sink: LanceSink, dead_letters: DeadLetterLog) 
     tally.unchanged.update(known.in_objects(skip))
     sink.keep_documents(_kept_documents(context, known, to_read, tally))
     log(
-        f"{context.job}: {len(context.objects):,} {config.source.format} objects at {config.source.uri} "
+        f"{context.job}: {_plural(len(context.objects), config.source.format + ' object')} from {context.origin} "
         f"({len(skip):,} unchanged since the last run) -> {config.sink.uri}/{config.sink.table} "
         f"({len(known):,} documents there) with {context.identity.label} ({config.embedding.mode} mode)"
     )
@@ -336,6 +343,7 @@ def execute_job(
         outcome["written"] = sink.close()
         finish(outcome)
         dead_letters.flush()
+        warn_if_nothing_indexed(context.config, tally, outcome["written"]["docs_written"])
         outcome["status"] = budget_status(context.config, tally, outcome["written"]["docs_written"])
     except BaseException as exc:
         outcome["error"] = f"{type(exc).__name__}: {exc}"
@@ -462,6 +470,25 @@ def _delete_missing(context: RunContext, sink: LanceSink, known: KnownDocuments,
     return sink.delete_documents(sorted(absent_documents(readable, sink, tally)))
 
 
+FIELD_OF_REASON = {"missing_text": "source.text_field", "missing_id": "source.id_field"}
+
+
+def warn_if_nothing_indexed(config: JobConfig, tally: Tally, docs_written: int) -> None:
+    """A run whose every record was dead-lettered usually has a wrong setting, not bad data: say so, naming
+    the setting when the reason points at one (the exit code follows the failure budget as always)."""
+    dead = sum(tally.dead_lettered.values())
+    if not dead or docs_written or len(tally.unchanged):
+        return
+    reasons = ", ".join(f"{reason} {count:,}" for reason, count in tally.dead_lettered.most_common())
+    fields = [
+        f"{FIELD_OF_REASON[r]}={getattr(config.source, FIELD_OF_REASON[r].split('.')[1])!r}"
+        for r in tally.dead_lettered
+        if r in FIELD_OF_REASON
+    ]
+    hint = f"; check {', '.join(fields)}" if fields else ""
+    log(f"warning: every one of the {dead:,} records read was dead-lettered ({reasons}){hint}")
+
+
 def budget_status(config: JobConfig, tally: Tally, docs_written: int) -> str:
     dead = sum(tally.dead_lettered.values())
     docs_in = docs_written + len(tally.unchanged) + dead
@@ -508,6 +535,15 @@ def _poll(ray: Any, stats: Any, tally: Tally) -> dict[str, float]:
     return counters
 
 
+def _actors_section(actors: ActorPlan | None, counters: dict[str, float]) -> dict[str, Any] | None:
+    """The actor pool as planned, and the dtypes its actors computed in (``{dtype: actors}``; an actor that
+    restarted counts again)."""
+    if actors is None:
+        return None
+    dtypes = {k[len(COMPUTE_DTYPE) :]: int(v) for k, v in counters.items() if k.startswith(COMPUTE_DTYPE)}
+    return {**actors.__dict__, "compute_dtypes": dtypes}
+
+
 def run_summary(
     context: RunContext,
     actors: ActorPlan | None,
@@ -545,7 +581,7 @@ def run_summary(
         },
         "model": context.identity.to_json(),
         "settings": context.settings,
-        "actors": actors.__dict__ if actors else None,
+        "actors": _actors_section(actors, counters),
         "counts": {
             "docs_in": docs_written + len(tally.unchanged) + dead,
             "docs_read": int(counters.get("docs_in", 0)),

@@ -32,6 +32,8 @@ from pipeline.sources import read_objects
 # Counter-name prefix of the rows each source object gave (``object_rows:<uri>``): the driver compares it with
 # the rows that reached it to tell which objects are done, for the progress line.
 OBJECT_ROWS = "object_rows:"
+# Counter-name prefix of the actors that computed in a dtype (``compute_dtype:bfloat16`` = how many did).
+COMPUTE_DTYPE = "compute_dtype:"
 
 
 class RunStats:
@@ -249,7 +251,8 @@ class EmbedChunks:
             parallel_batches=parallel_batches,
         )
         self._use(embedder, stats)
-        report(stats, {"model_load_s": time.perf_counter() - started})
+        # Each actor resolves ``model.dtype: auto`` on its own hardware; the summary lists what they computed in.
+        report(stats, {"model_load_s": time.perf_counter() - started, COMPUTE_DTYPE + loaded.dtype: 1})
 
     @classmethod
     def with_embedder(cls, embedder: Any, stats: Any = None) -> EmbedChunks:

@@ -109,6 +109,11 @@ def test_the_summary_times_each_phase_of_the_run(indexed: dict) -> None:
     assert times["model_load"] > 0 and times["embed"] > 0 and times["read"] > 0 and times["chunk"] > 0
 
 
+def test_the_summary_says_what_dtype_the_actors_computed_in(indexed: dict) -> None:
+    actors = indexed["summary"]["actors"]
+    assert actors["compute_dtypes"] == {"float32": actors["size"]}  # this config asks for float32
+
+
 def test_rows_carry_offsets_that_slice_the_source_text(indexed: dict) -> None:
     table = _table(indexed["config"])
     assert table.schema.field(schema.VECTOR).type == pa.list_(pa.float32(), 384)

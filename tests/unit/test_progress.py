@@ -147,3 +147,18 @@ def test_the_time_left_runs_at_the_rate_since_the_first_share_done_not_since_the
     # 40% more in the 40 s since 20% was first seen: 40 s for the last 40% (start-up would have said 53 s)
     assert tally.time_left(0.6, now=80.0) == pytest.approx(40.0)
     assert tally.time_left(1.0, now=90.0) is None
+
+
+def test_a_run_that_dead_letters_every_record_warns_naming_the_setting(capsys) -> None:
+    from collections import Counter
+
+    from pipeline.config import parse_config
+    from pipeline.runner import Tally, warn_if_nothing_indexed
+
+    config = parse_config({"source": {"uri": "data/sample", "format": "jsonl", "text_field": "body"}})
+    tally = Tally("index", 5, dead_lettered=Counter({"missing_text": 60}))
+    warn_if_nothing_indexed(config, tally, docs_written=0)
+    line = capsys.readouterr().err
+    assert "every one of the 60 records" in line and "missing_text 60" in line and "source.text_field='body'" in line
+    warn_if_nothing_indexed(config, tally, docs_written=1)
+    assert capsys.readouterr().err == "", "a run that wrote something is not warned about"
