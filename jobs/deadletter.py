@@ -7,8 +7,9 @@ import json
 import sys
 
 from jobs.common import config_arguments, fail, parse, run_writing_job
-from pipeline.deadletters import read_dead_letters
+from pipeline.deadletters import dead_letter_table_name, read_dead_letters
 from pipeline.runner import EXIT_CODES, run_index
+from pipeline.sink import open_table
 from pipeline.sources import list_uris
 
 SNIPPET_CHARS = 80
@@ -26,6 +27,10 @@ def main(argv: list[str] | None = None) -> int:
     args, config = parse(parser(), argv)
     if isinstance(config, int):
         return config
+    sink = config.sink
+    names = (sink.table, dead_letter_table_name(sink.table))
+    if all(open_table(sink.uri, name, sink.storage_options) is None for name in names):
+        return fail(f"sink.table: no table {sink.table!r} at {sink.uri!r}; run `lateline index` first", "config")
     letters = read_dead_letters(config.sink.uri, config.sink.table, config.sink.storage_options)
     if args.action == "list":
         return _list(letters.to_pylist(), args.json)
@@ -37,6 +42,13 @@ def main(argv: list[str] | None = None) -> int:
         objects = list_uris(config.source, sources, missing_ok=True)
     except ValueError as exc:
         return fail(str(exc), "config")
+    gone = sorted(set(sources) - {obj.path for obj in objects})
+    if gone:
+        # Their dead letters stay until an index run sees the objects are gone; replaying cannot read them.
+        print(
+            f"{len(gone)} object(s) with dead letters no longer exist, not replayed: {', '.join(gone[:5])}",
+            file=sys.stderr,
+        )
     return run_writing_job("replay", lambda: run_index(config, job="replay", objects=objects))
 
 

@@ -20,6 +20,7 @@ import json
 import time
 from collections import defaultdict
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import lancedb
@@ -104,7 +105,10 @@ def connect(uri: str, storage_options: dict[str, Any] | None = None) -> Any:
 
 
 def open_table(uri: str, name: str, storage_options: dict[str, Any] | None = None) -> Any:
-    """Open an existing table; ``None`` when it does not exist."""
+    """Open an existing table; ``None`` when it does not exist. A local database directory that does not exist
+    is not created (connecting would create it, and a reading command writes nothing)."""
+    if "://" not in uri and not Path(uri).expanduser().exists():
+        return None
     db = connect(uri, storage_options)
     return db.open_table(name) if name in table_names(db) else None
 

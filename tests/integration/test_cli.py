@@ -93,9 +93,11 @@ def test_overwrite_is_refused_by_a_backfill_which_never_removes_anything(tmp_pat
     assert not (tmp_path / "runs").exists()
 
 
-def test_search_before_index_says_what_to_do(tmp_path: Path) -> None:
-    result = _lateline("search", "--config", _write(tmp_path, _local(tmp_path)), "anything")
+@pytest.mark.parametrize("command", [("search", "anything"), ("deadletter", "list")])
+def test_reading_before_index_says_what_to_do_and_creates_nothing(tmp_path: Path, command: tuple) -> None:
+    result = _lateline(command[0], "--config", _write(tmp_path, _local(tmp_path)), *command[1:])
     assert result.returncode == 2 and "lateline index" in result.stderr
+    assert not (tmp_path / "db").exists()
 
 
 def test_unknown_job_prints_usage() -> None:
