@@ -106,12 +106,17 @@ def test_two_copies_in_one_block_keep_the_first(sink: LanceSink) -> None:
     assert stored(sink) == {"x": {"a"}}
 
 
-def test_overwrite_replaces_the_table_at_the_first_commit_not_before(tmp_path) -> None:
+def replacing_sink(tmp_path) -> tuple[LanceSink, LanceSink]:
+    """A table holding document "old", then a sink that overwrites it (nothing written yet)."""
     config = SinkConfig(uri=str(tmp_path / "db"), commit_rows=1_000)
     first = LanceSink(config, IDENTITY, {"chunker": "test"})
     first.write(chunks("old", "a", [0], 1))
     first.close()
-    replacing = LanceSink(config.model_copy(update={"mode": "overwrite"}), IDENTITY, {"chunker": "test"})
+    return first, LanceSink(config.model_copy(update={"mode": "overwrite"}), IDENTITY, {"chunker": "test"})
+
+
+def test_overwrite_replaces_the_table_at_the_first_commit_not_before(tmp_path) -> None:
+    first, replacing = replacing_sink(tmp_path)
     replacing.write(chunks("new", "b", [0, 1], 2))
     readers_see = first.db.open_table("chunks").to_arrow()[schema.DOC_ID].to_pylist()
     assert readers_see == ["old"], "until the first commit, searches see the old table"
@@ -120,10 +125,6 @@ def test_overwrite_replaces_the_table_at_the_first_commit_not_before(tmp_path) -
 
 
 def test_overwrite_that_writes_nothing_leaves_an_empty_table(tmp_path) -> None:
-    config = SinkConfig(uri=str(tmp_path / "db"), commit_rows=1_000)
-    first = LanceSink(config, IDENTITY, {"chunker": "test"})
-    first.write(chunks("old", "a", [0], 1))
-    first.close()
-    replacing = LanceSink(config.model_copy(update={"mode": "overwrite"}), IDENTITY, {"chunker": "test"})
+    _, replacing = replacing_sink(tmp_path)
     assert replacing.close()["table_rows"] == 0
     assert replacing.db.open_table("chunks").count_rows() == 0
