@@ -254,6 +254,13 @@ def _config_key(loc: tuple) -> str:
     return ".".join(parts)
 
 
+_PLAIN_TYPE_MESSAGES = {
+    "tuple_type": "must be a list, e.g. [a, b]",
+    "list_type": "must be a list, e.g. [a, b]",
+    "dict_type": "must be a mapping of keys",
+}
+
+
 def _describe(err: dict[str, Any]) -> tuple[str, str]:
     key = _config_key(err["loc"])
     message = err["msg"].removeprefix("Value error, ")
@@ -261,6 +268,10 @@ def _describe(err: dict[str, Any]) -> tuple[str, str]:
         return key, f"{key}: unknown key (allowed here: {', '.join(_allowed_keys(err['loc'][:-1]))})"
     if err["type"] == "missing":
         return key, f"{key}: required key is missing"
+    if err["type"] in _PLAIN_TYPE_MESSAGES:  # pydantic's own words name Python types a YAML user never wrote
+        message = _PLAIN_TYPE_MESSAGES[err["type"]]
+    elif err["type"] == "model_type":
+        message = "must be a mapping of keys"
     if "got " in message:
         return key, f"{key}: {message}"
     return key, f"{key}: {message} (got {_short(err.get('input')) if 'input' in err else 'nothing'})"

@@ -79,6 +79,13 @@ def test_union_typed_key_errors_name_the_real_key() -> None:
     assert keys == {"runtime.num_actors"}, message
 
 
+def test_wrong_shapes_are_named_in_yaml_words_not_python_types() -> None:
+    assert error_of({"source": {**SOURCE, "metadata_fields": "title"}}) == (
+        "source.metadata_fields: must be a list, e.g. [a, b] (got 'title')"
+    )
+    assert error_of({"source": SOURCE, "chunking": 5}) == "chunking: must be a mapping of keys (got 5)"
+
+
 def test_config_is_frozen() -> None:
     config = parse_config({"source": SOURCE})
     with pytest.raises(ValidationError):
