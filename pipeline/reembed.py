@@ -32,6 +32,7 @@ from pipeline.aliases import serving_table
 from pipeline.chunking import rebuild_text
 from pipeline.config import JobConfig
 from pipeline.deadletters import DeadLetterLog
+from pipeline.docids import FingerprintIndex
 from pipeline.fingerprint import settings_digest
 from pipeline.known import KnownDocuments
 from pipeline.lock import TableLock
@@ -250,8 +251,9 @@ def _execute(
 
         from pipeline.plan import build_reembed_dataset
 
-        # Stored fragments are not source objects, so the resume map goes whole to each reader, once.
-        known_ref = ray.put({doc: fingerprint for doc, (fingerprint, _) in known.items()})
+        # Stored fragments are not source objects, so the resume map goes whole to each reader: as NumPy arrays,
+        # which the readers on a node share from the object store instead of each unpickling a dict.
+        known_ref = ray.put(FingerprintIndex((doc, fingerprint) for doc, (fingerprint, _) in known.items()))
         return build_reembed_dataset(config, stored, fragments, digest, actors, stats, known_ref, context.limit)
 
     def finish(outcome: dict[str, Any]) -> None:

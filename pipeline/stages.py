@@ -89,8 +89,9 @@ _KNOWN_CACHE: dict[str, Any] = {}
 
 
 def resolve_known(known: Any) -> Any:
-    """Fetch a known-fingerprints dict from the object store once per worker process."""
-    if known is None or isinstance(known, dict):
+    """Fetch known fingerprints (``doc_id -> fingerprint``: anything with ``get``) from the object store once per
+    worker process; what is not an object reference is returned as it is."""
+    if type(known).__name__ != "ObjectRef":
         return known
     key = known.hex()
     if key not in _KNOWN_CACHE:

@@ -81,3 +81,14 @@ def test_memory_is_the_digests(monkeypatch) -> None:
 def test_batched() -> None:
     assert list(batched(range(7), 3)) == [[0, 1, 2], [3, 4, 5], [6]]
     assert list(batched([], 3)) == []
+
+
+def test_fingerprint_index_answers_as_a_dict_does() -> None:
+    from pipeline.docids import FingerprintIndex
+
+    pairs = {f"doc-{i}": f"{i * 7919:032x}" for i in range(3_000)}
+    index = FingerprintIndex(pairs.items())
+    assert len(index) == 3_000
+    assert all(index.get(doc) == fingerprint for doc, fingerprint in pairs.items())
+    assert index.get("absent") is None and index.get("absent", "x") == "x"
+    assert FingerprintIndex().get("a") is None and len(FingerprintIndex()) == 0
