@@ -179,7 +179,6 @@ def lateline_config(work: Path, source_uri: str, mode: str, name: str, overrides
             f"chunking.size={CHUNK_TOKENS}",
             f"embedding.mode={mode}",
             f"sink.uri={work / ('db-' + name)}",
-            "sink.mode=overwrite",
             f"runtime.summary_dir={work / 'runs'}",
             "runtime.progress_seconds=30",
             "maintain.after_run=false",
