@@ -37,6 +37,7 @@ from pipeline.known import KnownDocuments  # noqa: E402
 from pipeline.model import ModelIdentity  # noqa: E402
 from pipeline.runner import Tally  # noqa: E402
 from pipeline.sink import LanceSink  # noqa: E402
+from pipeline.sources import SourceObject, objects_table  # noqa: E402
 from pipeline.stages import split_skips  # noqa: E402
 
 DIM = 4  # vectors leave the driver at each commit; their size does not change what it keeps
@@ -129,17 +130,42 @@ def run_scenario(db: str, docs: int, chunks: int, unchanged: bool) -> dict[str, 
 
 def alternatives(db: str, docs: int) -> dict[str, float]:
     """Each structure alone against the plain Python one it replaces, on the same documents: the id set
-    against a set of ``str`` (as Arrow hands them over), the known-documents map against a dict of ``str``."""
+    against a set of ``str`` (as Arrow hands them over), the known-documents map against a dict of ``str``,
+    the read tasks' rows of a run that reads every object again against per-object lists of ``str``."""
     ids = pa.array([doc_id(index) for index in range(docs)])
     sink = LanceSink(SinkConfig(uri=db), IDENTITY, {"chunker": "synthetic"})
     known = sink.known_documents()
+    objects = [
+        SourceObject(object_uri(first), "s3://bucket/corpus/", 1, "etag") for first in range(0, docs, DOCS_PER_OBJECT)
+    ]
     figures = {
         "set_of_str": retained_bytes(lambda: set(ids.to_pylist()))[0],
         "doc_id_set": retained_bytes(lambda: DocIdSet(ids.to_pylist()))[0],
         "dict_of_str": retained_bytes(lambda: dict_of_str(known))[0],
         "known_documents": retained_bytes(lambda: sink.known_documents())[0],
+        "lists_per_object": retained_bytes(lambda: lists_per_object(objects, known))[0],
+        "objects_table": retained_bytes(lambda: objects_table(objects, known))[0],
     }
     return {name: value / docs for name, value in figures.items()}
+
+
+def lists_per_object(objects: list[SourceObject], known: KnownDocuments) -> list[dict[str, Any]]:
+    """Each object's row with its known documents as Python lists (what read tasks got before
+    ``objects_table`` built them column-wise)."""
+    grouped: dict[str, tuple[list[str], list[str]]] = {}
+    for doc, (fingerprint, uri) in known.items():
+        ids, fingerprints = grouped.setdefault(uri, ([], []))
+        ids.append(doc)
+        fingerprints.append(fingerprint)
+    empty: tuple[list[str], list[str]] = ([], [])
+    return [
+        {
+            "path": obj.path,
+            "known_doc_ids": grouped.get(obj.path, empty)[0],
+            "known_fingerprints": grouped.get(obj.path, empty)[1],
+        }
+        for obj in objects
+    ]
 
 
 def dict_of_str(known: KnownDocuments) -> dict[str, tuple[str, str]]:
@@ -168,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         f"of which the known-documents map {rerun['known_map_bytes_per_doc']:.1f}"
     )
     print("Each structure alone, against the plain Python one:")
-    for ours, plain in (("doc_id_set", "set_of_str"), ("known_documents", "dict_of_str")):
+    pairs = (("doc_id_set", "set_of_str"), ("known_documents", "dict_of_str"), ("objects_table", "lists_per_object"))
+    for ours, plain in pairs:
         print(f"  {ours} {alone[ours]:.1f} vs {plain} {alone[plain]:.1f}: {alone[plain] / alone[ours]:.1f}x smaller")
     return 0
 

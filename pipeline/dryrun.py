@@ -82,7 +82,7 @@ def _sample(objects: list, config: JobConfig, digest: str, known: KnownDocuments
         "bad": Counter(),
         "texts": [],
     }
-    for obj, row in zip(chosen, objects_table(chosen, known)):
+    for obj, row in zip(chosen, objects_table(chosen, known).to_pylist()):
         complete = True
         # The run's rule: a document is unchanged if its own object's share of the table has its fingerprint.
         held = dict(zip(row["known_doc_ids"], row["known_fingerprints"]))

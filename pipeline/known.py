@@ -10,9 +10,10 @@ values are made only for the part a caller asks for, a batch at a time.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -84,14 +85,20 @@ class KnownDocuments:
         rows_listed = pc.fill_null(pc.take(listed, uris.indices), False)
         return KnownDocuments(self._rows.filter(rows_listed if inside else pc.invert(rows_listed)))
 
-    def by_object(self) -> dict[str, tuple[list[str], list[str]]]:
-        """``source_uri -> (doc_ids, fingerprints)``; call it on :meth:`in_objects` of the objects at hand."""
-        grouped: dict[str, tuple[list[str], list[str]]] = {}
-        for doc, (fingerprint, uri) in self.items():
-            ids, fingerprints = grouped.setdefault(uri, ([], []))
-            ids.append(doc)
-            fingerprints.append(fingerprint)
-        return grouped
+    def grouped_by(self, paths: Sequence[str]) -> tuple[np.ndarray, pa.Array, pa.Array]:
+        """The documents of each of ``paths`` in turn, as ``(offsets, doc_ids, fingerprints)``: those of
+        ``paths[i]`` are at ``offsets[i]:offsets[i + 1]`` (the layout of an Arrow list column); documents of
+        other objects are left out. No Python value is made per document."""
+        uris = self._uris()
+        position = {path: index for index, path in enumerate(paths)}
+        object_of_name = np.array([position.get(name, -1) for name in uris.dictionary.to_pylist()], dtype=np.int64)
+        object_of_row = object_of_name[uris.indices.to_numpy(zero_copy_only=False)] if len(uris) else np.zeros(0, int)
+        kept = np.flatnonzero(object_of_row >= 0)
+        order = pa.array(kept[np.argsort(object_of_row[kept], kind="stable")])
+        counts = np.bincount(object_of_row[kept], minlength=len(paths))
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+        ids, fingerprints = (self._rows[name].take(order).combine_chunks() for name in COLUMNS[:2])
+        return offsets, ids, fingerprints
 
     def _uris(self) -> Any:
         column = self._rows[schema.SOURCE_URI]

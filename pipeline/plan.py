@@ -8,7 +8,10 @@ which consumes the plan as a stream, so memory stays flat however large the corp
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
+
+import numpy as np
 
 from pipeline.config import JobConfig, RuntimeConfig
 from pipeline.known import KnownDocuments
@@ -67,8 +70,10 @@ def build_dataset(
     import ray
 
     _apply_runtime(config)
-    rows = objects_table(objects, known)
-    dataset = ray.data.from_items(rows, override_num_blocks=max(1, min(len(objects), 10_000)))
+    table = objects_table(objects, known)
+    # Up to 10,000 blocks of whole objects: a read task per block, each with its objects' known documents.
+    bounds = np.linspace(0, table.num_rows, max(1, min(table.num_rows, 10_000)) + 1).astype(int)
+    dataset = ray.data.from_arrow([table.slice(start, end - start) for start, end in pairwise(bounds)])
     # Reading and chunking ask for half a CPU: a resource shape unlike the actors' keeps Ray from fusing them
     # into the embedding actors, so tokenizing runs beside the forward passes instead of before each one.
     dataset = dataset.map_batches(

@@ -16,7 +16,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import fsspec
@@ -126,21 +126,36 @@ def _version_tag(info: dict[str, Any]) -> str | None:
     return None
 
 
-def objects_table(objects: Iterable[SourceObject], known: KnownDocuments | None = None) -> list[dict[str, Any]]:
-    """Source objects as rows for ``ray.data.from_items``: the :class:`SourceObject` fields, plus
-    ``known_doc_ids`` / ``known_fingerprints``, the documents the table holds from that object (``known``: what
-    ``LanceSink.known_documents`` returns).
+OBJECTS_SCHEMA = pa.schema(
+    [
+        pa.field("path", pa.string()),
+        pa.field("root", pa.string()),
+        pa.field("size", pa.int64()),
+        pa.field("etag", pa.string()),
+        pa.field("known_doc_ids", pa.list_(pa.string())),
+        pa.field("known_fingerprints", pa.list_(pa.string())),
+    ]
+)
+
+
+def objects_table(objects: Iterable[SourceObject], known: KnownDocuments | None = None) -> pa.Table:
+    """Source objects as the rows a read task gets (``OBJECTS_SCHEMA``): the :class:`SourceObject` fields,
+    plus ``known_doc_ids`` / ``known_fingerprints``, the documents the table holds from that object (``known``:
+    what ``LanceSink.known_documents`` returns). Built column-wise, without a Python value per document.
 
     Each read task gets just its objects' share, not the whole table's map: a worker's memory stays bounded by
     its objects however big the table grows. A document that moved to another object is not found there, so
     it is embedded again and its rows get the new ``source_uri``."""
     objects = list(objects)
-    by_object = known.in_objects([obj.path for obj in objects]).by_object() if known else {}
-    rows = []
-    for obj in objects:
-        ids, fingerprints = by_object.get(obj.path, ([], []))
-        rows.append({**asdict(obj), "known_doc_ids": ids, "known_fingerprints": fingerprints})
-    return rows
+    paths = [obj.path for obj in objects]
+    offsets, ids, fingerprints = (known or KnownDocuments()).grouped_by(paths)
+    columns = {name: [getattr(obj, name) for obj in objects] for name in ("path", "root", "size", "etag")}
+    lists = {
+        "known_doc_ids": pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), ids),
+        "known_fingerprints": pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), fingerprints),
+    }
+    arrays = [pa.array(columns[f.name], f.type) for f in OBJECTS_SCHEMA if f.name in columns]
+    return pa.Table.from_arrays([*arrays, *lists.values()], schema=OBJECTS_SCHEMA)
 
 
 def read_objects(

@@ -41,9 +41,17 @@ def test_counts_and_selects_by_object() -> None:
     assert sorted(known.in_objects({"s3://x/1.jsonl"})) == ["a", "b"]
     assert sorted(known.in_objects({"s3://x/1.jsonl"}, inside=False)) == ["c"]
     assert list(known.in_objects([])) == [] and sorted(known.in_objects([], inside=False)) == ["a", "b", "c"]
-    assert known.in_objects({"s3://x/2.jsonl", "s3://x/9.jsonl"}).by_object() == {"s3://x/2.jsonl": (["c"], ["fc"])}
     empty = KnownDocuments()
-    assert empty.docs_per_object() == {} and empty.by_object() == {} and list(empty.in_objects({"x"})) == []
+    assert empty.docs_per_object() == {} and list(empty.in_objects({"x"})) == []
+
+
+def test_groups_documents_by_the_objects_given_in_their_order() -> None:
+    known = KnownDocuments.from_mapping(HELD)
+    offsets, ids, fingerprints = known.grouped_by(["s3://x/2.jsonl", "s3://x/9.jsonl", "s3://x/1.jsonl"])
+    assert offsets.tolist() == [0, 1, 1, 3]
+    assert ids.to_pylist() == ["c", "a", "b"] and fingerprints.to_pylist() == ["fc", "fa", "fb"]
+    offsets, ids, _ = KnownDocuments().grouped_by(["s3://x/1.jsonl"])
+    assert offsets.tolist() == [0, 0] and ids.to_pylist() == []
 
 
 def test_batches_do_not_change_what_is_listed(monkeypatch) -> None:

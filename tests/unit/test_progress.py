@@ -78,7 +78,7 @@ def test_readers_report_each_objects_record_count_bad_records_included(tmp_path)
     (tmp_path / "b.jsonl").write_text("")
     source = SourceConfig(uri=str(tmp_path), format="jsonl")
     reported = {}
-    rows = pa.Table.from_pylist(objects_table(list_source_objects(source)))
+    rows = objects_table(list_source_objects(source))
     docs = [t for t in read_objects(rows, source, "d", lambda path, n: reported.update({path.rsplit("/")[-1]: n}))]
     assert reported == {"a.jsonl": 3, "b.jsonl": 0}
     assert sum(t.num_rows for t in docs) == 3

@@ -155,19 +155,20 @@ def test_each_object_row_carries_only_the_known_documents_of_that_object(tmp_pat
         for doc in read_object(obj.path, obj.root, source):
             fingerprints[doc[schema.DOC_ID]] = (fingerprinted(doc, "d", {})[schema.DOC_FINGERPRINT], obj.path)
     known = KnownDocuments.from_mapping({**fingerprints, "gone": ("f", "/elsewhere/c.jsonl")})
-    rows = objects_table(objects, known)
+    table = objects_table(objects, known)
+    rows = table.to_pylist()
     assert [(r["known_doc_ids"], r["known_fingerprints"]) for r in rows] == [
         (["a1"], [fingerprints["a1"][0]]),
         (["b1"], [fingerprints["b1"][0]]),
     ]
     assert all(set(r) >= {"path", "root", "size", "etag"} for r in rows)
-    assert [r["known_doc_ids"] for r in objects_table(objects)] == [[], []]
+    assert objects_table(objects)["known_doc_ids"].to_pylist() == [[], []]
 
-    docs = [d for t in read_objects(pa.Table.from_pylist(rows), source, "d") for d in t.to_pylist()]
+    docs = [d for t in read_objects(table, source, "d") for d in t.to_pylist()]
     assert [(d[schema.DOC_ID], d[schema.ERROR]) for d in docs] == [("a1", schema.UNCHANGED), ("b1", schema.UNCHANGED)]
     # A document that moved to another object is not looked up there: it is embedded again, with its new uri.
     moved = objects_table(objects, KnownDocuments.from_mapping({"a1": (fingerprints["a1"][0], objects[1].path)}))
-    docs = [d for t in read_objects(pa.Table.from_pylist(moved), source, "d") for d in t.to_pylist()]
+    docs = [d for t in read_objects(moved, source, "d") for d in t.to_pylist()]
     assert [(d[schema.DOC_ID], d[schema.ERROR]) for d in docs] == [("a1", None), ("b1", None)]
 
 
