@@ -34,6 +34,7 @@ from pipeline.known import KnownDocuments, read_known_documents
 from pipeline.model import ModelIdentity
 
 DELETE_BATCH = 500
+DUPLICATE_SNIPPET_CHARS = 200
 DUPLICATE_DETAIL = "this document id appeared more than once in the source; one copy was kept"
 
 
@@ -259,7 +260,8 @@ class LanceSink:
         rows = []
         for doc in docs:
             of_doc = chunks.filter(pc.equal(chunks[schema.DOC_ID], doc))
-            copies = of_doc.filter(pc.equal(of_doc[schema.CHUNK_INDEX], 0))[schema.SOURCE_URI].to_pylist()
+            firsts = of_doc.filter(pc.equal(of_doc[schema.CHUNK_INDEX], 0))
+            copies = list(zip(firsts[schema.SOURCE_URI].to_pylist(), firsts[schema.TEXT].to_pylist()))
             if not self._taken([doc])[0]:  # both copies in one block: keep the first
                 self.ready.append(self._first_copy(of_doc))
                 self.ready_rows += self.ready[-1].num_rows
@@ -271,8 +273,9 @@ class LanceSink:
                     schema.SOURCE_URI: uri,
                     schema.ERROR: "duplicate_doc_id",
                     schema.ERROR_DETAIL: DUPLICATE_DETAIL,
+                    schema.SNIPPET: (text or "")[:DUPLICATE_SNIPPET_CHARS],  # the dropped copy's first chunk
                 }
-                for uri in copies
+                for uri, text in copies
             )
         return rows
 

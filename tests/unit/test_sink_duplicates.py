@@ -102,7 +102,9 @@ def test_a_second_copy_arriving_while_the_first_is_held_is_the_duplicate(sink: L
 
 def test_two_copies_in_one_block_keep_the_first(sink: LanceSink) -> None:
     block = pa.concat_tables([chunks("x", "a", [0, 1], 2), chunks("x", "b", [0, 1], 2)])
-    assert reasons(sink.write(block)) == [("b", "duplicate_doc_id")]
+    [dropped] = sink.write(block)
+    assert (dropped[schema.SOURCE_URI], dropped[schema.ERROR]) == ("b", "duplicate_doc_id")
+    assert dropped[schema.SNIPPET] == "chunk 0 of x", "the dropped copy's start, for the dead letter"
     assert stored(sink) == {"x": {"a"}}
 
 
