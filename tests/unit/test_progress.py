@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from types import SimpleNamespace
 
 import pyarrow as pa
@@ -162,3 +163,22 @@ def test_a_run_that_dead_letters_every_record_warns_naming_the_setting(capsys) -
     assert "every one of the 60 records" in line and "missing_text 60" in line and "source.text_field='body'" in line
     warn_if_nothing_indexed(config, tally, docs_written=1)
     assert capsys.readouterr().err == "", "a run that wrote something is not warned about"
+
+
+def test_rays_default_token_auth_notice_is_hidden_and_its_other_warnings_are_not(caplog) -> None:
+    from pipeline.runner import _TOKEN_AUTH_LOGGER, _quiet_default_token_auth_notice
+
+    logger = logging.getLogger(_TOKEN_AUTH_LOGGER)
+    before = list(logger.filters)
+    try:
+        _quiet_default_token_auth_notice()
+        _quiet_default_token_auth_notice()  # a second run in the same process adds no second filter
+        assert len(logger.filters) == len(before) + 1
+        with caplog.at_level(logging.WARNING, logger=_TOKEN_AUTH_LOGGER):
+            logger.warning("Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled ...")
+            logger.warning("Token authentication is disabled for this Ray cluster. Anyone with network access ...")
+        assert [r.getMessage().split(".")[0] for r in caplog.records] == [
+            "Token authentication is disabled for this Ray cluster"
+        ]
+    finally:
+        logger.filters[:] = before
