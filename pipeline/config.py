@@ -110,8 +110,8 @@ class BatchingConfig(_Strict):
 
 class SinkConfig(_Strict):
     """The LanceDB table. ``upsert`` replaces each written document's chunks atomically and keeps the rest;
-    ``overwrite`` rebuilds it, replacing the old table at the first commit (``backfill`` and ``replay`` refuse
-    it: they never remove anything). A commit happens every ``commit_rows`` rows or ``commit_seconds``.
+    ``overwrite`` rebuilds it, replacing the old table in one commit at the end (``backfill`` and ``replay``
+    refuse it: they never remove anything). A commit happens every ``commit_rows`` rows or ``commit_seconds``.
     ``delete_missing``: a complete ``index`` run removes documents gone from the source (``backfill`` never
     does). Dead letters go to the table ``<table>__deadletter`` beside it. ``vector_dtype: float16`` stores
     vectors at half the size (search still works; cosine to float32 >= 0.9999). ``table`` may name an alias

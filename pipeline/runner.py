@@ -281,8 +281,6 @@ def _execute(context: RunContext, sink: LanceSink, dead_letters: DeadLetterLog) 
     digest = settings_digest(context.settings)
     known = sink.known_documents() if config.sink.mode == "upsert" else KnownDocuments()
     manifest = ObjectManifest(config.sink.uri, config.sink.table, config.sink.storage_options)
-    if config.sink.mode == "overwrite":
-        manifest.clear()
     skip = set()
     if context.job != "replay" and known:
         skip = unchanged_objects(context.objects, manifest.load(), digest, known.docs_per_object())
@@ -303,6 +301,8 @@ def _execute(context: RunContext, sink: LanceSink, dead_letters: DeadLetterLog) 
 
     def finish(outcome: dict[str, Any]) -> None:
         outcome["deleted"] = _delete_missing(context, sink, known, tally)
+        if config.sink.mode == "overwrite":  # only now: an overwrite not published keeps the old table's record
+            manifest.clear()
         if context.limit is None:
             dead_letters.replace_for([obj.path for obj in to_read])
             manifest.record(_manifest_rows(context.run_id, to_read, digest, tally))
@@ -325,10 +325,12 @@ def execute_job(
     summary_source: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The frame every writing job shares: stream ``build``'s plan (none: nothing to read) into the sink,
-    close the sink, run the job's ``finish`` (deletions, manifest: it sets ``outcome["deleted"]`` and
-    ``outcome["objects_removed"]`` as each is done, so a later failure does not hide them), flush the dead
-    letters and judge the failure budget. The summary (its ``source`` section replaced by ``summary_source``
-    when given) is written whatever happens; an error propagates after it, recorded in it."""
+    judge the failure budget, close the sink, run the job's ``finish`` (deletions, manifest: it sets
+    ``outcome["deleted"]`` and ``outcome["objects_removed"]`` as each is done, so a later failure does not hide
+    them) and flush the dead letters. An ``overwrite`` over the budget, or whose every record was
+    dead-lettered, is not published and ``finish`` is skipped: the table stays as it was. The summary (its
+    ``source`` section replaced by ``summary_source`` when given) is written whatever happens; an error
+    propagates after it, recorded in it."""
     outcome: dict[str, Any] = {
         "status": "failed",
         "error": None,
@@ -340,11 +342,22 @@ def execute_job(
     try:
         if build is not None:
             actors, counters = stream_into_sink(context, build, sink, dead_letters, tally)
-        outcome["written"] = sink.close()
-        finish(outcome)
+        sink.commit()
+        docs_written = sink.stats["docs_written"]
+        warn_if_nothing_indexed(context.config, tally, docs_written)
+        status = budget_status(context.config, tally, docs_written)
+        if sink.staged is not None and (status != "ok" or nothing_indexed(tally, docs_written)):
+            outcome["written"] = sink.abandon()
+            status = "failure_budget_exceeded"
+            log(
+                f"{context.job}: the overwrite is not published: {context.config.sink.table!r} keeps its "
+                f"{outcome['written']['table_rows']:,} rows"
+            )
+        else:
+            outcome["written"] = sink.close()
+            finish(outcome)
         dead_letters.flush()
-        warn_if_nothing_indexed(context.config, tally, outcome["written"]["docs_written"])
-        outcome["status"] = budget_status(context.config, tally, outcome["written"]["docs_written"])
+        outcome["status"] = status
     except BaseException as exc:
         outcome["error"] = f"{type(exc).__name__}: {exc}"
         raise
@@ -473,12 +486,18 @@ def _delete_missing(context: RunContext, sink: LanceSink, known: KnownDocuments,
 FIELD_OF_REASON = {"missing_text": "source.text_field", "missing_id": "source.id_field"}
 
 
+def nothing_indexed(tally: Tally, docs_written: int) -> bool:
+    """Whether records were read and every one was dead-lettered."""
+    return bool(sum(tally.dead_lettered.values())) and not docs_written and not len(tally.unchanged)
+
+
 def warn_if_nothing_indexed(config: JobConfig, tally: Tally, docs_written: int) -> None:
     """A run whose every record was dead-lettered usually has a wrong setting, not bad data: say so, naming
-    the setting when the reason points at one (the exit code follows the failure budget as always)."""
-    dead = sum(tally.dead_lettered.values())
-    if not dead or docs_written or len(tally.unchanged):
+    the setting when the reason points at one (the exit code follows the failure budget, except that such an
+    ``overwrite`` is not published and exits as over it)."""
+    if not nothing_indexed(tally, docs_written):
         return
+    dead = sum(tally.dead_lettered.values())
     reasons = ", ".join(f"{reason} {count:,}" for reason, count in tally.dead_lettered.most_common())
     fields = [
         f"{FIELD_OF_REASON[r]}={getattr(config.source, FIELD_OF_REASON[r].split('.')[1])!r}"
@@ -506,8 +525,9 @@ def _init_ray() -> Any:
     """Connect to ``RAY_ADDRESS`` when set, else start (or reuse) a local Ray."""
     import ray
 
-    # Ray starts its workers with fork+exec, which is safe for LanceDB's runtime; its warning is noise here.
+    # Ray starts its workers with fork+exec, which is safe for LanceDB's runtime; their warnings are noise here.
     warnings.filterwarnings("ignore", message="lancedb fork support is experimental")
+    warnings.filterwarnings("ignore", message="lance is not fork-safe")
     if not ray.is_initialized():
         address = os.environ.get("RAY_ADDRESS") or None
         # A Ray this job starts runs its workers at nice 15 by default, below the driver: on a small machine the
@@ -597,6 +617,7 @@ def run_summary(
             "rows": written.get("table_rows"),
             "version": written.get("table_version"),
             "commits": written.get("commits", 0),
+            **({"overwrite_published": written["published"]} if "published" in written else {}),
         },
         "model": context.identity.to_json(),
         "settings": context.settings,

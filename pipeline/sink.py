@@ -4,6 +4,9 @@ Contract:
 - Only complete documents are committed (all ``chunk_count`` rows present), so a reader never sees half of a
   document's chunks, whatever block boundaries Ray chose.
 - A commit happens every ``sink.commit_rows`` rows or ``sink.commit_seconds`` seconds, and at close.
+- ``overwrite`` of an existing table is atomic (:class:`StagedOverwrite`): commits stage data files that no
+  version references, and the table switches to them in one commit at close. Readers see the old table until
+  then, and a run that fails leaves it whole.
 - In a table that existed before the run (``upsert``), each commit is one ``merge_insert`` on ``chunk_id`` that
   also deletes the committed documents' old chunks that are no longer produced: a document is replaced
   atomically, and re-running a job never duplicates rows. A table created by this run is appended to.
@@ -124,6 +127,46 @@ def sql_list(values: list[str]) -> str:
     return ", ".join("'" + value.replace("'", "''") + "'" for value in values)
 
 
+class StagedOverwrite:
+    """An overwrite of an existing table as one Lance commit. :meth:`stage` writes rows as data files of the
+    table's dataset that no version references yet; :meth:`publish` makes exactly those files the table (an
+    ``Overwrite`` commit; with none staged, an empty table). Until then every reader sees the old table.
+
+    A run that fails before :meth:`publish` leaves the old table whole; its staged files stay unreferenced, and
+    ``lateline maintain``'s cleanup deletes them once they are 7 days old (Lance cannot tell younger ones from
+    a write still in progress).
+    """
+
+    def __init__(self, table: Any, storage_options: dict[str, Any] | None) -> None:
+        dataset = table.to_lance()
+        self.uri = dataset.uri
+        self.read_version = dataset.version
+        self.file_version = dataset.data_storage_version  # the table's file format, kept across the rebuild
+        self.storage_options = storage_options or None
+        self.fragments: list[Any] = []
+
+    def stage(self, data: pa.Table, table_schema: pa.Schema) -> None:
+        import lance.fragment
+
+        self.fragments += lance.fragment.write_fragments(
+            data,
+            self.uri,
+            schema=table_schema,
+            data_storage_version=self.file_version,
+            storage_options=self.storage_options,
+        )
+
+    def publish(self, table_schema: pa.Schema) -> None:
+        import lance
+
+        lance.LanceDataset.commit(
+            self.uri,
+            lance.LanceOperation.Overwrite(table_schema, self.fragments),
+            read_version=self.read_version,
+            storage_options=self.storage_options,
+        )
+
+
 class LanceSink:
     """Writes :class:`~pipeline.stages.EmbedChunks` output (skip rows removed) to one LanceDB table."""
 
@@ -157,10 +200,12 @@ class LanceSink:
 
     def _open(self, identity: ModelIdentity, settings: dict) -> Any:
         exists = self.config.table in table_names(self.db)
-        # ``overwrite`` replaces the table at the first commit (or at close when nothing is written), not now:
-        # searches keep the old table until then, and a run that fails before it leaves the old table whole.
-        self.replaces = exists and self.config.mode == "overwrite"
-        if not exists or self.replaces:
+        # ``overwrite`` stages every commit and replaces the table in one commit at close: searches keep the old
+        # table whole until the new one is complete, and a run that fails leaves the old one.
+        self.staged = None
+        if exists and self.config.mode == "overwrite":
+            self.staged = StagedOverwrite(self.db.open_table(self.config.table), self.config.storage_options)
+        if not exists or self.staged is not None:
             return None
         table = self.db.open_table(self.config.table)
         check_compatible(self.config.table, read_table_record(table), identity, settings)
@@ -292,12 +337,14 @@ class LanceSink:
         return same.take(first_positions)
 
     def commit(self) -> None:
-        """Write everything queued in one LanceDB commit."""
+        """Write everything queued in one LanceDB commit (in an ``overwrite``, stage it for the one at close)."""
         if not self.ready:
             return
         started = time.perf_counter()
         data = pa.concat_tables(self.ready)
-        if self.table is None:
+        if self.staged is not None:
+            self.staged.stage(data, self.schema)
+        elif self.table is None:
             self.table = self._create(data)
         elif self.created_here:
             self.table.add(data)
@@ -319,20 +366,28 @@ class LanceSink:
             self.on_commit()
 
     def _create(self, data: pa.Table) -> Any:
-        mode = "overwrite" if self.replaces else "create"
-        return self.db.create_table(self.config.table, data=data, schema=self.schema, mode=mode)
+        return self.db.create_table(self.config.table, data=data, schema=self.schema)
 
     def close(self) -> dict[str, Any]:
-        """Commit what is left; return write counters with the table's row count and version. An ``overwrite``
-        run that wrote nothing still replaces the table, with an empty one.
+        """Commit what is left (an ``overwrite`` replaces the table now, with an empty one when it wrote nothing);
+        return write counters with the table's row count and version.
 
         Rows of documents still incomplete here mean a stage lost rows: that is a bug, reported as an error.
         """
         self.commit()
         if self.partial:
             raise RuntimeError(f"incomplete documents at the end of the run: {sorted(self.partial)[:10]}")
-        if self.table is None and self.replaces:
-            self.table = self._create(self.schema.empty_table())
+        published = {}
+        if self.staged is not None:
+            self.staged.publish(self.schema)
+            self.table, self.staged, published = self.db.open_table(self.config.table), None, {"published": True}
         if self.table is None:
             return {**self.stats, "table_rows": 0, "table_version": None}
-        return {**self.stats, "table_rows": self.table.count_rows(), "table_version": self.table.version}
+        return {**self.stats, **published, "table_rows": self.table.count_rows(), "table_version": self.table.version}
+
+    def abandon(self) -> dict[str, Any]:
+        """Give up a staged ``overwrite``: the table stays as it was (see :class:`StagedOverwrite` for its staged
+        files). Returns the write counters, ``published: False``, and the kept table's row count and version."""
+        self.staged, self.ready, self.ready_rows = None, [], 0
+        kept = self.db.open_table(self.config.table)
+        return {**self.stats, "published": False, "table_rows": kept.count_rows(), "table_version": kept.version}

@@ -92,6 +92,35 @@ def test_unchanged_costs_nothing_edit_reembeds_one_delete_removes_one(ray_sessio
     assert after.filter(pa.compute.equal(after[schema.DOC_ID], "lambda")).equals(untouched)
 
 
+def test_an_overwrite_replaces_the_table_in_one_commit_and_never_with_nothing(ray_session, tmp_path: Path) -> None:
+    import lancedb
+
+    from pipeline.manifest import ObjectManifest
+
+    _write_corpus(tmp_path / "src", {doc: topics[doc] for doc in DOCS[:3]})
+    config = str(_config(tmp_path, str(tmp_path / "src"), commit_rows=5))
+    assert index_job.main(["--config", config]) == 0
+    first, manifest = _rows(tmp_path), ObjectManifest(str(tmp_path / "db"), "chunks")
+    recorded = manifest.load()
+    version = lancedb.connect(str(tmp_path / "db")).open_table("chunks").version
+
+    overwrite = ["--config", config, "--set", "sink.mode=overwrite"]
+    assert index_job.main([*overwrite, "--set", "source.text_field=body"]) == 3, "every record dead-lettered"
+    table = _last_summary(tmp_path)["table"]
+    assert (table["overwrite_published"], table["rows"]) == (False, first.num_rows)
+    assert _rows(tmp_path).equals(first) and manifest.load() == recorded, "table and manifest as they were"
+
+    _write_corpus(tmp_path / "src", {doc: topics[doc] for doc in DOCS[3:]})
+    assert index_job.main(overwrite) == 0
+    summary = _last_summary(tmp_path)
+    assert summary["table"]["commits"] > 1 and summary["table"]["overwrite_published"]
+    assert summary["table"]["version"] == version + 1, "many blocks staged, one commit"
+    after = _rows(tmp_path)
+    assert set(after[schema.DOC_ID].to_pylist()) == set(DOCS[3:])
+    assert len(set(after[schema.CHUNK_ID].to_pylist())) == after.num_rows
+    assert [record["run_id"] for record in manifest.load().values()] == [summary["run_id"]]
+
+
 def test_an_object_removed_from_the_source_leaves_no_rows_and_no_manifest_entry(ray_session, tmp_path: Path) -> None:
     from pipeline.manifest import ObjectManifest
 

@@ -274,3 +274,9 @@ def test_the_table_itself_can_live_in_s3(s3fs_client, s3_endpoint: str, ray_sess
     table = lancedb.connect("s3://vectors/db", storage_options=options).open_table("chunks").to_arrow()
     assert len(set(table[schema.CHUNK_ID].to_pylist())) == table.num_rows > 0
     assert not s3fs_client.exists("vectors/db/chunks.lateline-lock"), "the lock is released"
+
+    # An overwrite stages its rows in the bucket and replaces the table in one commit.
+    assert index_job.main(["--config", str(path), "--limit", "2", "--set", "sink.mode=overwrite"]) == 0
+    rebuilt = lancedb.connect("s3://vectors/db", storage_options=options).open_table("chunks").to_arrow()
+    assert len(set(rebuilt[schema.DOC_ID].to_pylist())) == 2
+    assert len(set(rebuilt[schema.CHUNK_ID].to_pylist())) == rebuilt.num_rows

@@ -8,7 +8,7 @@ import pytest
 from pipeline import schema
 from pipeline.config import SinkConfig
 from pipeline.model import ModelIdentity
-from pipeline.sink import LanceSink
+from pipeline.sink import LanceSink, read_table_record
 
 DIM = 4
 IDENTITY = ModelIdentity("tiny", "f00d", DIM, "mean", 32, "float32", "")
@@ -108,22 +108,48 @@ def test_two_copies_in_one_block_keep_the_first(sink: LanceSink) -> None:
     assert stored(sink) == {"x": {"a"}}
 
 
-def replacing_sink(tmp_path) -> tuple[LanceSink, LanceSink]:
+def replacing_sink(tmp_path, commit_rows: int = 1_000) -> tuple[LanceSink, LanceSink]:
     """A table holding document "old", then a sink that overwrites it (nothing written yet)."""
     config = SinkConfig(uri=str(tmp_path / "db"), commit_rows=1_000)
     first = LanceSink(config, IDENTITY, {"chunker": "test"})
     first.write(chunks("old", "a", [0], 1))
     first.close()
-    return first, LanceSink(config.model_copy(update={"mode": "overwrite"}), IDENTITY, {"chunker": "test"})
+    overwrite = config.model_copy(update={"mode": "overwrite", "commit_rows": commit_rows})
+    return first, LanceSink(overwrite, IDENTITY, {"chunker": "test"})
 
 
-def test_overwrite_replaces_the_table_at_the_first_commit_not_before(tmp_path) -> None:
-    first, replacing = replacing_sink(tmp_path)
-    replacing.write(chunks("new", "b", [0, 1], 2))
-    readers_see = first.db.open_table("chunks").to_arrow()[schema.DOC_ID].to_pylist()
-    assert readers_see == ["old"], "until the first commit, searches see the old table"
-    replacing.close()
-    assert sorted(stored(replacing)) == ["new"]
+def readers_see(sink: LanceSink) -> list[str]:
+    """The doc ids a search opening the table now would find."""
+    return sorted(set(sink.db.open_table("chunks").to_arrow()[schema.DOC_ID].to_pylist()))
+
+
+def test_overwrite_replaces_the_table_in_one_commit_at_close(tmp_path) -> None:
+    _, replacing = replacing_sink(tmp_path, commit_rows=1)
+    for doc in ("new", "newer", "newest"):  # each block is a commit of its own
+        replacing.write(chunks(doc, "b", [0, 1], 2))
+    assert replacing.stats["commits"] == 3
+    assert readers_see(replacing) == ["old"], "until the run is done, searches see the old table whole"
+    written = replacing.close()
+    assert readers_see(replacing) == ["new", "newer", "newest"]
+    assert (written["published"], written["table_rows"], written["docs_written"]) == (True, 6, 3)
+    table = replacing.db.open_table("chunks")
+    assert len(set(table.to_arrow()[schema.CHUNK_ID].to_pylist())) == 6, "every staged block once"
+    assert read_table_record(table)["model"]["name"] == "tiny", "the new table keeps lateline's record"
+
+
+def test_an_overwrite_that_fails_or_is_abandoned_leaves_the_old_table(tmp_path) -> None:
+    _, failed = replacing_sink(tmp_path, commit_rows=1)
+    failed.write(chunks("new", "b", [0, 1], 2))  # committed (staged), then the run dies: no close
+    assert readers_see(failed) == ["old"]
+    _, abandoned = replacing_sink(tmp_path, commit_rows=1)
+    abandoned.write(chunks("new", "b", [0, 1], 2))
+    written = abandoned.abandon()
+    assert (written["published"], written["table_rows"]) == (False, 1)
+    assert readers_see(abandoned) == ["old"]
+    again = LanceSink(SinkConfig(uri=str(tmp_path / "db")), IDENTITY, {"chunker": "test"})
+    again.write(chunks("more", "c", [0], 1))
+    again.close()
+    assert readers_see(again) == ["more", "old"], "the table works on as before; staged files are never read"
 
 
 def test_overwrite_that_writes_nothing_leaves_an_empty_table(tmp_path) -> None:
