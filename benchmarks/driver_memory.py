@@ -114,6 +114,7 @@ def run_scenario(db: str, docs: int, chunks: int, unchanged: bool) -> dict[str, 
         known = sink.known_documents()  # held for the whole run, as runner._execute holds it
         sizes = {object_uri(index): 1 for index in range(0, docs, DOCS_PER_OBJECT)}
         tally = Tally("benchmark", 3600, sizes=sizes)
+        sink.keep_documents(tally.unchanged)  # as in an index run: one set of unchanged ids for both
         drive(sink, tally, docs, chunks, unchanged)
         return sink, tally, known
 

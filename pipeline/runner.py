@@ -442,17 +442,16 @@ def _manifest_rows(run_id: str, objects: list[SourceObject], digest: str, tally:
     ]
 
 
-def _kept_documents(
-    context: RunContext, known: KnownDocuments, to_read: list[SourceObject], tally: Tally
-) -> Iterable[str]:
+def _kept_documents(context: RunContext, known: KnownDocuments, to_read: list[SourceObject], tally: Tally) -> DocIdSet:
     """Documents the table keeps whatever this run reads, so that a copy of one of their ids in a read object
     is a duplicate, not a move. An ``index`` run lists the whole source: a document whose object is gone may
-    have moved, so only those of objects skipped as unchanged are kept. A ``backfill`` or ``replay`` sees part of
-    the source and cannot tell a move from a duplicate: it keeps every document of objects it does not read
-    (the next ``index`` run moves what really moved)."""
+    have moved, so only the unchanged ones are kept, and the tally's set of them is returned itself (the sink
+    and the tally then share it). A ``backfill`` or ``replay`` sees part of the source and cannot tell a move
+    from a duplicate: it keeps every document of objects it does not read (the next ``index`` run moves what
+    really moved)."""
     if context.job == "index":
         return tally.unchanged
-    return known.in_objects([obj.path for obj in to_read], inside=False)
+    return DocIdSet(known.in_objects([obj.path for obj in to_read], inside=False))
 
 
 PRESENCE_BATCH = 65_536  # ids looked up at once: bounds the digests held while checking a huge table

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import time
 from collections import defaultdict
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -223,10 +222,12 @@ class LanceSink:
             self.table.delete(f"{schema.DOC_ID} IN ({sql_list(doc_ids[start : start + DELETE_BATCH])})")
         return len(doc_ids)
 
-    def keep_documents(self, doc_ids: Iterable[str]) -> None:
-        """Note documents the table keeps as they are without their rows passing through the pipeline (those
-        of objects skipped as unchanged): another copy of one of these ids is a duplicate."""
-        self.kept_docs.update(doc_ids)
+    def keep_documents(self, doc_ids: DocIdSet) -> None:
+        """Take ``doc_ids`` as the documents the table keeps as they are (to start with, those whose rows do not
+        pass through the pipeline): another copy of one of these ids is a duplicate. The set is used, not
+        copied, and :meth:`keep` adds to it: an ``index`` run passes its tally of unchanged ids, which is then
+        the same set, held once."""
+        self.kept_docs = doc_ids
 
     def keep(self, skip_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Note the documents the table keeps as they are (the ``unchanged`` rows among ``skip_rows``), so that

@@ -7,6 +7,7 @@ import pytest
 
 from pipeline import schema
 from pipeline.config import SinkConfig
+from pipeline.docids import DocIdSet
 from pipeline.model import ModelIdentity
 from pipeline.sink import LanceSink, read_table_record
 
@@ -67,6 +68,14 @@ def test_a_copy_after_an_unchanged_marker_is_the_duplicate(sink: LanceSink) -> N
     assert reasons(sink.write(chunks("x", "b", [0, 1], 2))) == [("b", "duplicate_doc_id")]
     sink.write(chunks("y", "b", [0], 1))
     assert stored(sink) == {"y": {"b"}}  # x stays as the table holds it: not written again
+
+
+def test_the_kept_set_handed_over_is_shared_not_copied(sink: LanceSink) -> None:
+    unchanged = DocIdSet(["y"])  # an index run's tally of unchanged ids
+    sink.keep_documents(unchanged)
+    assert reasons(sink.keep([marker("x", "a")])) == []
+    assert "x" in unchanged, "the sink's kept ids and the handed-over set are one set"
+    assert reasons(sink.write(chunks("y", "b", [0], 1))) == [("b", "duplicate_doc_id")]
 
 
 def test_a_marker_after_a_written_copy_is_the_duplicate(sink: LanceSink) -> None:
