@@ -168,11 +168,12 @@ class Tally:
                 self.examples.append({k: row.get(k) for k in keep})
         return dead
 
-    def print_progress(self, docs_written: int, counters: dict[str, float]) -> None:
+    def print_progress(self, docs_written: int, counters: dict[str, float], streaming: bool = False) -> None:
         """One progress line. ``counters`` are the stages' (from :meth:`RunStats.poll`): model tokens (through
         the model, windows and special tokens included) show work that has not reached the driver yet. The
         objects' record counts (:meth:`add_object_rows`) give the share of the source done and a time left (see
-        :meth:`time_left`)."""
+        :meth:`time_left`). While ``streaming`` and before anything has come out, it says what the run waits
+        for: the actors loading the model, then the first block's forward passes."""
         elapsed = time.monotonic() - self.started
         tokens = int(counters.get("forward_tokens", 0))
         line = (
@@ -180,6 +181,10 @@ class Tally:
             f"{sum(self.dead_lettered.values()):,} dead-lettered, {self.chunks:,} chunks, "
             f"{tokens:,} model tokens ({tokens / max(elapsed, 1e-9):,.0f}/s), {elapsed:,.0f}s elapsed"
         )
+        if streaming and not (tokens or self.chunks or len(self.unchanged) or self.dead_lettered):
+            line += ", starting: " + (
+                "the first block is in the model" if counters.get("model_load_s") else "actors loading the model"
+            )
         done = self.done_fraction()
         if done is not None:
             line += f", {math.floor(done * 100)}% of the source's objects done"  # 100% only when all are
@@ -423,7 +428,7 @@ def outputs_as_they_come(dataset: Any) -> Iterator[Any]:
 def _heartbeat(stop: threading.Event, tally: Tally, sink: LanceSink, ray: Any, stats: Any) -> None:
     """Print progress every ``tally.every`` seconds, whether or not output reached the driver."""
     while not stop.wait(tally.every):
-        tally.print_progress(sink.stats["docs_written"], _poll(ray, stats, tally))
+        tally.print_progress(sink.stats["docs_written"], _poll(ray, stats, tally), streaming=True)
 
 
 def _manifest_rows(run_id: str, objects: list[SourceObject], digest: str, tally: Tally) -> list[dict[str, Any]]:

@@ -68,6 +68,25 @@ def test_the_progress_line_gives_the_share_done_and_the_time_left(capsys) -> Non
     assert "50% of the source's objects done, about 60s left" in line
 
 
+def test_before_any_output_the_line_says_what_the_run_waits_for(capsys) -> None:
+    tally = Tally("index", 10.0)
+    tally.print_progress(0, {}, streaming=True)
+    tally.print_progress(0, {"model_load_s": 5.5}, streaming=True)
+    tally.print_progress(0, {"model_load_s": 5.5})  # the final line of a run that produced nothing
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].endswith("starting: actors loading the model")
+    assert lines[1].endswith("starting: the first block is in the model")
+    assert "starting" not in lines[2]
+    tally.add_arrivals(output([("a", 0, None)]))
+    tally.add_chunks(
+        output([("a", 0, None)])
+        .append_column(schema.TOKEN_START, pa.array([0]))
+        .append_column(schema.TOKEN_END, pa.array([3]))
+    )
+    tally.print_progress(0, {"model_load_s": 5.5, "forward_tokens": 3.0}, streaming=True)
+    assert "starting" not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(("seconds", "text"), [(45, "45s"), (600, "10m"), (3 * 3600 + 5 * 60, "3h05m")])
 def test_durations_read_naturally(seconds: float, text: str) -> None:
     assert _duration(seconds) == text
