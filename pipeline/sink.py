@@ -151,6 +151,7 @@ class StagedOverwrite:
             data,
             self.uri,
             schema=table_schema,
+            mode="overwrite",  # nothing is committed here; it lets the schema differ (another model's dimension)
             data_storage_version=self.file_version,
             storage_options=self.storage_options,
         )

@@ -161,6 +161,17 @@ def test_an_overwrite_that_fails_or_is_abandoned_leaves_the_old_table(tmp_path) 
     assert readers_see(again) == ["more", "old"], "the table works on as before; staged files are never read"
 
 
+def test_an_overwrite_may_change_the_tables_schema(tmp_path) -> None:
+    _, float32_sink = replacing_sink(tmp_path)
+    config = float32_sink.config.model_copy(update={"vector_dtype": "float16"})
+    replacing = LanceSink(config, IDENTITY, {"chunker": "test"})
+    replacing.write(chunks("new", "b", [0, 1], 2))
+    replacing.close()
+    table = replacing.db.open_table("chunks")
+    assert table.schema.field(schema.VECTOR).type.value_type == pa.float16()
+    assert readers_see(replacing) == ["new"]
+
+
 def test_overwrite_that_writes_nothing_leaves_an_empty_table(tmp_path) -> None:
     _, replacing = replacing_sink(tmp_path)
     assert replacing.close()["table_rows"] == 0
