@@ -90,6 +90,14 @@ class DeadLetterLog:
             batch = sql_list(source_uris[start : start + DELETE_BATCH])
             table.delete(f"run_id != '{self.run_id}' AND {schema.SOURCE_URI} IN ({batch})")
 
+    def withdraw(self) -> None:
+        """Drop every letter of this run, queued or written: for a run whose rows were never published (an
+        ``overwrite`` given up), so that the table keeps describing what is broken in the table as it is."""
+        self.pending = []
+        if self.written and self.name in table_names(self.db):
+            self.db.open_table(self.name).delete(f"run_id = '{self.run_id}'")
+        self.written = 0
+
 
 def read_dead_letters(uri: str, table: str, storage_options: dict[str, Any] | None = None) -> pa.Table:
     """All dead letters of ``table`` (an empty table when there are none)."""

@@ -7,8 +7,9 @@ forward pass, commits hold whole documents, and re-running after a crash (even `
 nor duplicates rows.
 
 Exit codes (:data:`EXIT_CODES`): 0 ok; 1 the run failed; 2 the configuration, source or table does not fit
-(nothing written); 3 the failure budget was exceeded (what could be written was committed); 4 another job
-holds the table.
+(nothing written); 3 the failure budget was exceeded (what could be written was committed, except by an
+``overwrite``, which is then not published at all); 4 another job holds the table. An ``overwrite`` of an
+existing table is all or nothing: it does not resume, and until it is published the table stays as it was.
 
 The run summary (``<runtime.summary_dir>/<run_id>/summary.json``, path printed) satisfies
 ``docs_in == docs_written + docs_skipped_unchanged + docs_dead_lettered``.
@@ -181,7 +182,7 @@ class Tally:
             f"{sum(self.dead_lettered.values()):,} dead-lettered, {self.chunks:,} chunks, "
             f"{tokens:,} model tokens ({tokens / max(elapsed, 1e-9):,.0f}/s), {elapsed:,.0f}s elapsed"
         )
-        if streaming and not (tokens or self.chunks or len(self.unchanged) or self.dead_lettered):
+        if streaming and not (tokens or self.arrived):
             line += ", starting: " + (
                 "the first block is in the model" if counters.get("model_load_s") else "actors loading the model"
             )
@@ -286,6 +287,8 @@ def _execute(context: RunContext, sink: LanceSink, dead_letters: DeadLetterLog) 
     digest = settings_digest(context.settings)
     known = sink.known_documents() if config.sink.mode == "upsert" else KnownDocuments()
     manifest = ObjectManifest(config.sink.uri, config.sink.table, config.sink.storage_options)
+    if config.sink.mode == "overwrite":  # the old table's record goes just before the new table replaces it
+        sink.before_publish = manifest.clear
     skip = set()
     if context.job != "replay" and known:
         skip = unchanged_objects(context.objects, manifest.load(), digest, known.docs_per_object())
@@ -306,7 +309,7 @@ def _execute(context: RunContext, sink: LanceSink, dead_letters: DeadLetterLog) 
 
     def finish(outcome: dict[str, Any]) -> None:
         outcome["deleted"] = _delete_missing(context, sink, known, tally)
-        if config.sink.mode == "overwrite":  # only now: an overwrite not published keeps the old table's record
+        if config.sink.mode == "overwrite":  # (a table new to this run published nothing: clear here too)
             manifest.clear()
         if context.limit is None:
             dead_letters.replace_for([obj.path for obj in to_read])
@@ -353,10 +356,12 @@ def execute_job(
         status = budget_status(context.config, tally, docs_written)
         if sink.staged is not None and (status != "ok" or nothing_indexed(tally, docs_written)):
             outcome["written"] = sink.abandon()
+            dead_letters.withdraw()
             status = "failure_budget_exceeded"
             log(
                 f"{context.job}: the overwrite is not published: {context.config.sink.table!r} keeps its "
-                f"{outcome['written']['table_rows']:,} rows"
+                f"{outcome['written']['table_rows']:,} rows (and its dead letters; this run's examples are in "
+                "the summary)"
             )
         else:
             outcome["written"] = sink.close()
@@ -365,6 +370,8 @@ def execute_job(
         outcome["status"] = status
     except BaseException as exc:
         outcome["error"] = f"{type(exc).__name__}: {exc}"
+        if sink.staged is not None:  # an overwrite that will not be published: its dead letters go with it
+            _withdraw_quietly(dead_letters)
         raise
     finally:
         tally.print_progress(sink.stats["docs_written"], counters)
@@ -374,6 +381,14 @@ def execute_job(
         summary["summary_path"] = str(write_summary(context.config, context.run_id, summary))
         log(f"{context.job}: {summary['status']}; run summary at {summary['summary_path']}")
     return summary
+
+
+def _withdraw_quietly(dead_letters: DeadLetterLog) -> None:
+    """Withdraw a failed run's dead letters without hiding the failure that is propagating."""
+    try:
+        dead_letters.withdraw()
+    except Exception as exc:  # the run's own error matters more; say what could not be undone
+        log(f"warning: could not remove this run's dead letters ({type(exc).__name__}: {exc})")
 
 
 def stream_into_sink(

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -195,6 +196,9 @@ class LanceSink:
         # Every id this run wrote or keeps: ~16 bytes an id, not ~100 as a set of str (see pipeline.docids).
         self.seen_docs = DocIdSet()
         self.kept_docs = DocIdSet()
+        # Called just before a staged overwrite is published: the runner drops the old table's object manifest
+        # there, so that a crash never leaves the new table beside the old table's manifest.
+        self.before_publish: Callable[[], None] | None = None
         self.last_commit = time.monotonic()
         self.stats = {"rows_written": 0, "docs_written": 0, "commits": 0, "write_s": 0.0}
 
@@ -381,6 +385,8 @@ class LanceSink:
             raise RuntimeError(f"incomplete documents at the end of the run: {sorted(self.partial)[:10]}")
         published = {}
         if self.staged is not None:
+            if self.before_publish is not None:
+                self.before_publish()
             self.staged.publish(self.schema)
             self.table, self.staged, published = self.db.open_table(self.config.table), None, {"published": True}
         if self.table is None:

@@ -109,6 +109,7 @@ def test_an_overwrite_replaces_the_table_in_one_commit_and_never_with_nothing(ra
     table = _last_summary(tmp_path)["table"]
     assert (table["overwrite_published"], table["rows"]) == (False, first.num_rows)
     assert _rows(tmp_path).equals(first) and manifest.load() == recorded, "table and manifest as they were"
+    assert read_dead_letters(str(tmp_path / "db"), "chunks").num_rows == 0, "no letters about unpublished rows"
 
     _write_corpus(tmp_path / "src", {doc: topics[doc] for doc in DOCS[3:]})
     assert index_job.main(overwrite) == 0

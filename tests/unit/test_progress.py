@@ -70,6 +70,7 @@ def test_the_progress_line_gives_the_share_done_and_the_time_left(capsys) -> Non
 
 def test_before_any_output_the_line_says_what_the_run_waits_for(capsys) -> None:
     tally = Tally("index", 10.0)
+    tally.unchanged.update(["kept"])  # documents of objects skipped as unchanged are known before any output
     tally.print_progress(0, {}, streaming=True)
     tally.print_progress(0, {"model_load_s": 5.5}, streaming=True)
     tally.print_progress(0, {"model_load_s": 5.5})  # the final line of a run that produced nothing

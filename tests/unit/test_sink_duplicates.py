@@ -138,7 +138,10 @@ def test_overwrite_replaces_the_table_in_one_commit_at_close(tmp_path) -> None:
         replacing.write(chunks(doc, "b", [0, 1], 2))
     assert replacing.stats["commits"] == 3
     assert readers_see(replacing) == ["old"], "until the run is done, searches see the old table whole"
+    seen_before_publish = []
+    replacing.before_publish = lambda: seen_before_publish.append(readers_see(replacing))
     written = replacing.close()
+    assert seen_before_publish == [["old"]], "the hook runs once, just before the new table replaces the old"
     assert readers_see(replacing) == ["new", "newer", "newest"]
     assert (written["published"], written["table_rows"], written["docs_written"]) == (True, 6, 3)
     table = replacing.db.open_table("chunks")
@@ -152,6 +155,7 @@ def test_an_overwrite_that_fails_or_is_abandoned_leaves_the_old_table(tmp_path) 
     assert readers_see(failed) == ["old"]
     _, abandoned = replacing_sink(tmp_path, commit_rows=1)
     abandoned.write(chunks("new", "b", [0, 1], 2))
+    abandoned.before_publish = lambda: pytest.fail("an abandoned overwrite publishes nothing")
     written = abandoned.abandon()
     assert (written["published"], written["table_rows"]) == (False, 1)
     assert readers_see(abandoned) == ["old"]
