@@ -370,8 +370,8 @@ def execute_job(
         outcome["status"] = status
     except BaseException as exc:
         outcome["error"] = f"{type(exc).__name__}: {exc}"
-        if sink.staged is not None:  # an overwrite that will not be published: its dead letters go with it
-            _withdraw_quietly(dead_letters)
+        if sink.staged is not None:  # an overwrite that will not be published: its files and letters go
+            _give_up_quietly(sink, dead_letters)
         raise
     finally:
         tally.print_progress(sink.stats["docs_written"], counters)
@@ -383,12 +383,14 @@ def execute_job(
     return summary
 
 
-def _withdraw_quietly(dead_letters: DeadLetterLog) -> None:
-    """Withdraw a failed run's dead letters without hiding the failure that is propagating."""
+def _give_up_quietly(sink: LanceSink, dead_letters: DeadLetterLog) -> None:
+    """Give up a failed run's staged overwrite (its files, its dead letters) without hiding the failure that
+    is propagating."""
     try:
+        sink.abandon()
         dead_letters.withdraw()
     except Exception as exc:  # the run's own error matters more; say what could not be undone
-        log(f"warning: could not remove this run's dead letters ({type(exc).__name__}: {exc})")
+        log(f"warning: could not remove what this overwrite staged ({type(exc).__name__}: {exc})")
 
 
 def stream_into_sink(

@@ -29,11 +29,13 @@ from typing import Any
 import lancedb
 import pyarrow as pa
 import pyarrow.compute as pc
+from fsspec.core import url_to_fs
 
 from pipeline import schema
 from pipeline.config import SinkConfig, redacted
 from pipeline.docids import DocIdSet
 from pipeline.known import KnownDocuments, read_known_documents
+from pipeline.lock import fsspec_options
 from pipeline.model import ModelIdentity
 
 DELETE_BATCH = 500
@@ -132,9 +134,10 @@ class StagedOverwrite:
     table's dataset that no version references yet; :meth:`publish` makes exactly those files the table (an
     ``Overwrite`` commit; with none staged, an empty table). Until then every reader sees the old table.
 
-    A run that fails before :meth:`publish` leaves the old table whole; its staged files stay unreferenced, and
-    ``lateline maintain``'s cleanup deletes them once they are 7 days old (Lance cannot tell younger ones from
-    a write still in progress).
+    A run that fails before :meth:`publish` leaves the old table whole, and :meth:`discard` deletes its staged
+    files. Only a driver killed outright leaves them: they are referenced by no version, and ``lateline
+    maintain``'s cleanup deletes them once they are 7 days old (Lance cannot tell younger ones from a write
+    still in progress).
     """
 
     def __init__(self, table: Any, storage_options: dict[str, Any] | None) -> None:
@@ -166,6 +169,23 @@ class StagedOverwrite:
             read_version=self.read_version,
             storage_options=self.storage_options,
         )
+
+    def discard(self) -> int:
+        """Delete the staged files; returns how many. Refuses (``RuntimeError``) once the table has moved past
+        the version the overwrite started from: a :meth:`publish` that failed may still have committed them."""
+        import lance
+
+        version = lance.dataset(self.uri, storage_options=self.storage_options).version
+        if version != self.read_version:
+            raise RuntimeError(
+                f"table at {self.uri} is at version {version}, not {self.read_version}: staged files kept"
+            )
+        fs, root = url_to_fs(self.uri, **fsspec_options(self.storage_options or {}))
+        paths = [f"{root.rstrip('/')}/data/{file.path}" for fragment in self.fragments for file in fragment.files]
+        if paths:
+            fs.rm(paths)
+        self.fragments = []
+        return len(paths)
 
 
 class LanceSink:
@@ -394,8 +414,11 @@ class LanceSink:
         return {**self.stats, **published, "table_rows": self.table.count_rows(), "table_version": self.table.version}
 
     def abandon(self) -> dict[str, Any]:
-        """Give up a staged ``overwrite``: the table stays as it was (see :class:`StagedOverwrite` for its staged
-        files). Returns the write counters, ``published: False``, and the kept table's row count and version."""
-        self.staged, self.ready, self.ready_rows = None, [], 0
+        """Give up a staged ``overwrite``: the table stays as it was and the staged files are deleted (see
+        :meth:`StagedOverwrite.discard`). Returns the write counters, ``published: False``, and the kept table's
+        row count and version."""
+        staged, self.staged, self.ready, self.ready_rows = self.staged, None, [], 0
+        if staged is not None:
+            staged.discard()
         kept = self.db.open_table(self.config.table)
         return {**self.stats, "published": False, "table_rows": kept.count_rows(), "table_version": kept.version}

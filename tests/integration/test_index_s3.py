@@ -280,3 +280,23 @@ def test_the_table_itself_can_live_in_s3(s3fs_client, s3_endpoint: str, ray_sess
     rebuilt = lancedb.connect("s3://vectors/db", storage_options=options).open_table("chunks").to_arrow()
     assert len(set(rebuilt[schema.DOC_ID].to_pylist())) == 2
     assert len(set(rebuilt[schema.CHUNK_ID].to_pylist())) == rebuilt.num_rows
+
+    # One given up after staging rows leaves the table, and the bucket, as they were.
+    from pipeline.config import SinkConfig
+    from pipeline.model import ModelIdentity
+    from pipeline.sink import LanceSink
+
+    def data_files() -> list[str]:
+        s3fs_client.invalidate_cache()  # s3fs caches listings; lance wrote behind its back
+        return sorted(s3fs_client.find("vectors/db/chunks.lance/data"))
+
+    files = data_files()
+    sink_config = SinkConfig(uri="s3://vectors/db", mode="overwrite", commit_rows=1, storage_options=options)
+    identity = ModelIdentity("m", "f", len(rebuilt[schema.VECTOR][0]), "mean", 512, "float32", "")
+    given_up = LanceSink(sink_config, identity, {"chunker": "test"})
+    given_up.write(rebuilt)
+    assert len(data_files()) > len(files), "rows were staged in the bucket"
+    given_up.abandon()
+    assert data_files() == files
+    after = lancedb.connect("s3://vectors/db", storage_options=options).open_table("chunks").to_arrow()
+    assert after.equals(rebuilt)

@@ -149,6 +149,30 @@ def test_overwrite_replaces_the_table_in_one_commit_at_close(tmp_path) -> None:
     assert read_table_record(table)["model"]["name"] == "tiny", "the new table keeps lateline's record"
 
 
+def data_files(tmp_path) -> list[str]:
+    return sorted(p.name for p in (tmp_path / "db" / "chunks.lance" / "data").iterdir())
+
+
+def test_an_abandoned_overwrite_deletes_what_it_staged(tmp_path) -> None:
+    _, abandoned = replacing_sink(tmp_path, commit_rows=1)
+    before = data_files(tmp_path)
+    abandoned.write(chunks("new", "b", [0, 1], 2))
+    abandoned.write(chunks("newer", "b", [0], 1))
+    assert len(data_files(tmp_path)) == len(before) + 2
+    abandoned.abandon()
+    assert data_files(tmp_path) == before
+    assert readers_see(abandoned) == ["old"]
+
+
+def test_staged_files_are_never_deleted_once_the_table_moved_on(tmp_path) -> None:
+    _, replacing = replacing_sink(tmp_path, commit_rows=1)
+    replacing.write(chunks("new", "b", [0, 1], 2))
+    replacing.staged.publish(replacing.schema)  # as if publish committed, then failed before the sink knew
+    with pytest.raises(RuntimeError, match="staged files kept"):
+        replacing.staged.discard()
+    assert readers_see(replacing) == ["new"], "the published table is whole"
+
+
 def test_an_overwrite_that_fails_or_is_abandoned_leaves_the_old_table(tmp_path) -> None:
     _, failed = replacing_sink(tmp_path, commit_rows=1)
     failed.write(chunks("new", "b", [0, 1], 2))  # committed (staged), then the run dies: no close
