@@ -99,6 +99,28 @@ class DeadLetterLog:
         self.written = 0
 
 
+def carry_dead_letters(
+    uri: str, source_table: str, target_table: str, storage_options: dict[str, Any] | None = None
+) -> int:
+    """Copy ``source_table``'s dead letters to ``target_table``, replacing what it held for the same objects.
+    A re-embed reads no source objects, so without this the table it builds would list none of the source's
+    broken records once promoted, until the next ``index`` read them again. Returns the letters copied."""
+    letters = read_dead_letters(uri, source_table, storage_options)
+    if not letters.num_rows:
+        return 0
+    db = connect(uri, storage_options)
+    name = dead_letter_table_name(target_table)
+    if name not in table_names(db):
+        db.create_table(name, data=letters, schema=DEAD_LETTERS)
+        return letters.num_rows
+    table = db.open_table(name)
+    uris = sorted({u for u in letters[schema.SOURCE_URI].to_pylist() if u})
+    for start in range(0, len(uris), DELETE_BATCH):
+        table.delete(f"{schema.SOURCE_URI} IN ({sql_list(uris[start : start + DELETE_BATCH])})")
+    table.add(letters)
+    return letters.num_rows
+
+
 def read_dead_letters(uri: str, table: str, storage_options: dict[str, Any] | None = None) -> pa.Table:
     """All dead letters of ``table`` (an empty table when there are none)."""
     db = connect(uri, storage_options)

@@ -1,22 +1,27 @@
 """The object manifest: which source objects a table was last built from, so unchanged ones are not downloaded.
 
 Table ``<table>__objects``: ``source_uri``, ``etag`` (ETag or mtime, as the store lists it), ``size``,
-``settings_digest`` and ``doc_count`` (documents of that object in the table), ``run_id``. An object is
+``settings_digest`` (:func:`object_digest`: the embedding settings and the settings that decide what documents
+an object yields) and ``doc_count`` (documents of that object in the table), ``run_id``. An object is
 recorded only after a complete run read it without a dead letter. It is skipped when its listing shows the
 same etag and size, the settings are the same, and the table still holds ``doc_count`` documents from it, so
-a table edited by hand, or a new model/chunker, sends it back through the pipeline. A complete ``index`` run
+a table edited by hand, a new model/chunker, or another ``source.text_field``, ``id_field``,
+``metadata_fields`` or ``max_doc_chars`` sends it back through the pipeline. A complete ``index`` run
 forgets the objects its listing no longer has, as it deletes their documents. A store that lists no
 etag/mtime gets no skipping (the per-document fingerprint still saves the tokenizing and the forward).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import Counter
 from typing import Any
 
 import pyarrow as pa
 
 from pipeline import schema
+from pipeline.config import SourceConfig
 from pipeline.sink import DELETE_BATCH, connect, sql_list, table_names
 from pipeline.sources import SourceObject
 
@@ -72,6 +77,18 @@ class ObjectManifest:
     def clear(self) -> None:
         if self.name in table_names(self.db):
             self.db.drop_table(self.name)
+
+
+# Source settings that change which documents, texts or metadata an unchanged object yields.
+READING_SETTINGS = ("format", "id_field", "text_field", "metadata_fields", "max_doc_chars")
+
+
+def object_digest(settings_digest: str, source: SourceConfig) -> str:
+    """What an object's manifest entry must match besides the object itself: the embedding settings' digest
+    and the :data:`READING_SETTINGS` of ``source``."""
+    reading = {name: getattr(source, name) for name in READING_SETTINGS}
+    key = json.dumps({"settings": settings_digest, "reading": reading}, sort_keys=True, default=list)
+    return hashlib.sha256(key.encode()).hexdigest()
 
 
 def unchanged_objects(

@@ -31,12 +31,12 @@ from pipeline import schema
 from pipeline.aliases import serving_table
 from pipeline.chunking import rebuild_text
 from pipeline.config import JobConfig
-from pipeline.deadletters import DeadLetterLog
+from pipeline.deadletters import DeadLetterLog, carry_dead_letters
 from pipeline.docids import FingerprintIndex
 from pipeline.fingerprint import settings_digest
 from pipeline.known import KnownDocuments
 from pipeline.lock import TableLock
-from pipeline.manifest import ObjectManifest
+from pipeline.manifest import ObjectManifest, object_digest
 from pipeline.model import ModelIdentity
 from pipeline.sink import LanceSink, connect, read_table_record, recorded_sections, sql_list, table_names
 from pipeline.sources import fingerprinted
@@ -157,7 +157,8 @@ def rebuild_document(chunks: dict[int, dict[str, Any]], keep_spans: bool) -> dic
 
 # --- the driver ------------------------------------------------------------------------------------------
 def carry_manifest(config: JobConfig, source: str, digest: str, dead_objects: set[str], run_id: str) -> int:
-    """Copy the source table's object manifest to the new table (``config.sink.table``) under the new settings,
+    """Copy the source table's object manifest to the new table (``config.sink.table``) under the new settings
+    (``digest``: their :func:`~pipeline.manifest.object_digest`),
     except objects with a dead-lettered document: the first index after a promote then skips unchanged objects
     without downloading them, as it did before. Returns the rows copied."""
     sink = config.sink
@@ -260,7 +261,8 @@ def _execute(
         if context.limit is not None:
             return
         outcome["deleted"] = sink.delete_documents(sorted(runner.absent_documents(known, sink, tally)))
-        carry_manifest(config, source, digest, tally.dead_objects, context.run_id)
+        carry_manifest(config, source, object_digest(digest, config.source), tally.dead_objects, context.run_id)
+        carry_dead_letters(config.sink.uri, source, config.sink.table, config.sink.storage_options)
 
     summary_source = {
         "table": source,

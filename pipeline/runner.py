@@ -45,7 +45,7 @@ from pipeline.docids import DocIdSet, batched
 from pipeline.fingerprint import embedding_settings, settings_digest
 from pipeline.known import KnownDocuments
 from pipeline.lock import TableLock
-from pipeline.manifest import ObjectManifest, unchanged_objects
+from pipeline.manifest import ObjectManifest, object_digest, unchanged_objects
 from pipeline.model import ModelIdentity, describe_model
 from pipeline.plan import ActorPlan, build_dataset, size_actor_pool
 from pipeline.sink import LanceSink, recorded_sections
@@ -285,13 +285,14 @@ def run_index(
 def _execute(context: RunContext, sink: LanceSink, dead_letters: DeadLetterLog) -> dict[str, Any]:
     config, started_at, started = context.config, datetime.now(timezone.utc), time.monotonic()
     digest = settings_digest(context.settings)
+    objects_key = object_digest(digest, config.source)  # what the manifest's entries must match
     known = sink.known_documents() if config.sink.mode == "upsert" else KnownDocuments()
     manifest = ObjectManifest(config.sink.uri, config.sink.table, config.sink.storage_options)
     if config.sink.mode == "overwrite":  # the old table's record goes just before the new table replaces it
         sink.before_publish = manifest.clear
     skip = set()
     if context.job != "replay" and known:
-        skip = unchanged_objects(context.objects, manifest.load(), digest, known.docs_per_object())
+        skip = unchanged_objects(context.objects, manifest.load(), objects_key, known.docs_per_object())
     to_read = [obj for obj in context.objects if obj.path not in skip]
     # A --limit run stops early: it has no share of the source to show.
     sizes = {obj.path: obj.size for obj in to_read} if context.limit is None else {}
@@ -313,7 +314,7 @@ def _execute(context: RunContext, sink: LanceSink, dead_letters: DeadLetterLog) 
             manifest.clear()
         if context.limit is None:
             dead_letters.replace_for([obj.path for obj in to_read])
-            manifest.record(_manifest_rows(context.run_id, to_read, digest, tally))
+            manifest.record(_manifest_rows(context.run_id, to_read, objects_key, tally))
         if _removes_missing(context):
             listed = {obj.path for obj in context.objects}
             outcome["objects_removed"] = manifest.forget(sorted(set(manifest.load()) - listed))
@@ -366,6 +367,7 @@ def execute_job(
         else:
             outcome["written"] = sink.close()
             finish(outcome)
+            outcome["written"].update(sink.table_state())  # finish may have deleted documents: a newer version
         dead_letters.flush()
         outcome["status"] = status
     except BaseException as exc:

@@ -409,9 +409,13 @@ class LanceSink:
                 self.before_publish()
             self.staged.publish(self.schema)
             self.table, self.staged, published = self.db.open_table(self.config.table), None, {"published": True}
+        return {**self.stats, **published, **self.table_state()}
+
+    def table_state(self) -> dict[str, Any]:
+        """``table_rows`` and ``table_version`` of the table as it is now (0 and ``None`` before it exists)."""
         if self.table is None:
-            return {**self.stats, "table_rows": 0, "table_version": None}
-        return {**self.stats, **published, "table_rows": self.table.count_rows(), "table_version": self.table.version}
+            return {"table_rows": 0, "table_version": None}
+        return {"table_rows": self.table.count_rows(), "table_version": self.table.version}
 
     def abandon(self) -> dict[str, Any]:
         """Give up a staged ``overwrite``: the table stays as it was and the staged files are deleted (see

@@ -74,6 +74,13 @@ def test_unchanged_costs_nothing_edit_reembeds_one_delete_removes_one(ray_sessio
     assert counts["docs_read"] == 0
     assert _rows(tmp_path).equals(first)
 
+    # Another text field makes an unchanged file yield other documents: it is read again, not skipped.
+    assert index_job.main(["--config", config, "--set", "source.text_field=body"]) == 0
+    summary = _last_summary(tmp_path)
+    assert summary["source"]["objects_skipped_unchanged"] == 0
+    assert summary["counts"]["dead_lettered_by_reason"] == {"missing_text": len(DOCS)}
+    assert _rows(tmp_path).equals(first), "dead-lettered documents keep their rows"
+
     corpus["assert"] = topics["assert"] + "\n\nAn added closing sentence changes this document."
     del corpus["pass"]
     _write_corpus(tmp_path / "src", corpus)
@@ -158,6 +165,7 @@ def test_an_object_removed_from_the_source_leaves_no_rows_and_no_manifest_entry(
     summary = _last_summary(tmp_path)
     assert summary["source"]["objects_removed"] == 1  # broken never had an entry
     assert summary["counts"]["docs_deleted"] == 2
+    assert summary["table"]["rows"] == _rows(tmp_path).num_rows, "the table as it is after the deletions"
     assert [Path(uri).parent.name for uri in manifest.load()] == ["keep"]
     assert dead_letter_objects() == [], "dead letters of objects gone from the source go with them"
     assert set(_rows(tmp_path)[schema.DOC_ID].to_pylist()) == {"lambda"}

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections import Counter
 
 from pipeline import manifest as manifest_module
-from pipeline.manifest import ObjectManifest, unchanged_objects
+from pipeline.config import SourceConfig
+from pipeline.manifest import ObjectManifest, object_digest, unchanged_objects
 from pipeline.sources import SourceObject
 
 SEEN = {"s3://b/a.jsonl": {"etag": "e1", "size": 10, "settings_digest": "d", "doc_count": 3}}
@@ -27,6 +28,24 @@ def test_anything_different_sends_the_object_through_the_pipeline() -> None:
     assert unchanged_objects([_object()], SEEN, "d", Counter({"s3://b/a.jsonl": 2})) == set(), "rows deleted by hand"
     assert unchanged_objects([_object(etag=None)], SEEN, "d", docs) == set(), "a store without etags never skips"
     assert unchanged_objects([_object(path="s3://b/new.jsonl")], SEEN, "d", docs) == set()
+
+
+def test_settings_that_change_what_an_object_yields_change_its_key_and_others_do_not() -> None:
+    source = SourceConfig(uri="s3://b/", format="jsonl")
+    key = object_digest("d", source)
+    assert object_digest("d", source.model_copy()) == key, "stable"
+    assert object_digest("other-settings", source) != key
+    yields_other_documents = [
+        {"text_field": "body"},
+        {"id_field": "doc"},
+        {"metadata_fields": ("title",)},
+        {"max_doc_chars": 100},
+        {"format": "text"},
+    ]
+    for change in yields_other_documents:
+        assert object_digest("d", source.model_copy(update=change)) != key, change
+    for same_documents in ({"read_batch_docs": 10}, {"include": ("*.jsonl",)}, {"storage_options": {"k": "v"}}):
+        assert object_digest("d", source.model_copy(update=same_documents)) == key, same_documents
 
 
 def test_forget_deletes_just_the_named_objects_whatever_their_characters(tmp_path) -> None:
