@@ -44,6 +44,8 @@ def _dry_run(config: JobConfig) -> int:
     except (ConfigError, SourceError) as exc:
         return fail(str(exc), "config")
     print(json.dumps(estimate, indent=2))
+    for warning in estimate["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
     seconds = estimate["estimated_seconds"]
     print(
         f"about {estimate['estimated_docs']:,} documents, {estimate['estimated_tokens']:,} tokens; "

@@ -6,9 +6,10 @@ of the sample stand in for object bytes (slightly optimistic for JSONL). The doc
 with the same fingerprint are estimated from the sample too. Throughput comes from the newest successful run
 in ``runtime.summary_dir`` with the same model and embedding settings that embedded at least
 ``MIN_BASIS_TOKENS`` document tokens (a smaller run measures mostly its start-up): its document tokens per
-second of embedding (the actors' forward time), plus its start-up and writing time once when there is anything
-to embed. Else a short forward benchmark on the sampled documents on this machine (labelled as such: a cluster
-may be faster).
+second of embedding (the actors' forward time), plus its start-up and writing time once when the run would
+read anything (objects the object manifest does not show unchanged, as the run decides). Else a short forward
+benchmark on the sampled documents on this machine (labelled as such: a cluster may be faster), plus
+``STARTUP_GUESS_S`` of start-up. A sample whose every record is bad comes with a warning naming the setting.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pipeline.config import JobConfig
 from pipeline.fingerprint import embedding_settings, settings_digest
 from pipeline.known import KnownDocuments, read_known_documents
 from pipeline.lock import fsspec_options
+from pipeline.manifest import ObjectManifest, object_digest, unchanged_objects
 from pipeline.model import describe_model, raw_tokenizer
 from pipeline.sink import open_table, read_table_record
 from pipeline.sources import fingerprinted, list_source_objects, objects_table, read_object
@@ -35,6 +37,9 @@ SAMPLE_OBJECTS = 5
 SAMPLE_DOCS = 200
 BENCHMARK_TOKENS = 20_000
 MIN_BASIS_TOKENS = 20_000  # document tokens a run must have embedded to serve as the throughput basis
+# Start-up when no earlier run measured it: Ray's start, an actor's imports and model load (12-16 s measured on
+# 2 CPU cores with the default model).
+STARTUP_GUESS_S = 15.0
 
 
 def dry_run(config: JobConfig) -> dict[str, Any]:
@@ -49,10 +54,12 @@ def dry_run(config: JobConfig) -> dict[str, Any]:
     scale = total_bytes / sample["bytes"] if sample["bytes"] else 0.0
     docs, tokens = sample["docs"] * scale, sample["tokens"] * scale
     to_embed = sample["changed_tokens"] * scale
+    reads = _objects_to_read(config, objects, digest, known)
     throughput, fixed_s, basis = _throughput(config, settings, sample["texts"])
     return {
         "source": config.source.uri,
         "objects": len(objects),
+        "objects_to_read": reads,
         "bytes": total_bytes,
         "sampled_objects": sample["objects"],
         "sampled_docs": sample["docs"],
@@ -62,10 +69,31 @@ def dry_run(config: JobConfig) -> dict[str, Any]:
         "estimated_bad_records": dict(sample["bad"]),
         "tokens_per_s": round(throughput, 1),
         "throughput_basis": basis,
-        "estimated_seconds": round(to_embed / throughput + (fixed_s if to_embed else 0), 1) if throughput else None,
+        "estimated_seconds": round(to_embed / throughput + (fixed_s if reads else 0), 1) if throughput else None,
         "model": identity.label,
         "table": f"{config.sink.uri}/{config.sink.table}",
+        "warnings": _warnings(config, sample),
     }
+
+
+def _objects_to_read(config: JobConfig, objects: list, digest: str, known: KnownDocuments) -> int:
+    """How many of ``objects`` a run would read: all but those the object manifest shows unchanged."""
+    if not known:  # no table (or an overwrite): everything is read
+        return len(objects)
+    manifest = ObjectManifest(config.sink.uri, config.sink.table, config.sink.storage_options).load()
+    key = object_digest(digest, config.source)
+    return len(objects) - len(unchanged_objects(objects, manifest, key, known.docs_per_object()))
+
+
+def _warnings(config: JobConfig, sample: dict[str, Any]) -> list[str]:
+    """What the run would warn about, seen in the sample: every sampled record bad, naming the setting."""
+    from pipeline.runner import bad_records_note
+
+    bad = sample["bad"]
+    if not sample["docs"] or sum(bad.values()) < sample["docs"]:
+        return []
+    note = bad_records_note(config, bad)
+    return [f"every one of the {sample['docs']:,} sampled records would be dead-lettered {note}"]
 
 
 def _sample(objects: list, config: JobConfig, digest: str, known: KnownDocuments, backend: Any) -> dict[str, Any]:
@@ -130,7 +158,12 @@ def _throughput(config: JobConfig, settings: dict, texts: list[str]) -> tuple[fl
         if measured is not None:
             return measured
     rate = _benchmark(config, texts)
-    return rate, 0.0, "a forward benchmark on this machine (no earlier run of this model and settings found)"
+    return (
+        rate,
+        STARTUP_GUESS_S,
+        f"a forward benchmark on this machine plus about {STARTUP_GUESS_S:.0f} s of start-up (no earlier run of "
+        "this model and settings found)",
+    )
 
 
 def _measured_throughput(summary: dict[str, Any], settings: dict) -> tuple[float, float, str] | None:

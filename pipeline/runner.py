@@ -165,8 +165,7 @@ class Tally:
             if row[schema.ERROR] == "unreadable_source":
                 self.unreadable_objects.add(row[schema.SOURCE_URI])
             if len(self.examples) < SKIP_EXAMPLES:
-                keep = (schema.DOC_ID, schema.SOURCE_URI, schema.ERROR, schema.ERROR_DETAIL, schema.SNIPPET)
-                self.examples.append({k: row.get(k) for k in keep})
+                self.examples.append(dead_letter_example(row))
         return dead
 
     def print_progress(self, docs_written: int, counters: dict[str, float], streaming: bool = False) -> None:
@@ -196,8 +195,8 @@ class Tally:
 
     def time_left(self, done: float, now: float | None = None) -> float | None:
         """Seconds left at the rate since the first share done was seen, so Ray's start, model loading and the
-        first block's forward do not slow the rate; until a second share is seen, at the rate since the start.
-        ``None`` before anything is done and once everything is."""
+        first block's forward do not slow the rate. ``None`` until the share has moved past the first one seen
+        (the rate since the start would overstate what is left many times over), and once everything is done."""
         if not 0 < done < 1:
             return None
         now = time.monotonic() if now is None else now
@@ -206,7 +205,26 @@ class Tally:
         since, done_then = self._first_done
         if done > done_then and now > since:
             return (1 - done) * (now - since) / (done - done_then)
-        return (now - self.started) * (1 - done) / done
+        return None
+
+
+def dead_letter_example(row: dict[str, Any]) -> dict[str, Any]:
+    """A skip row as the summary shows it: the dead-letter table's names (``reason``, ``detail``), no id as
+    ``None``."""
+    return {
+        schema.SOURCE_URI: row.get(schema.SOURCE_URI),
+        schema.DOC_ID: row.get(schema.DOC_ID) or None,
+        "reason": row.get(schema.ERROR),
+        "detail": row.get(schema.ERROR_DETAIL),
+        "snippet": row.get(schema.SNIPPET),
+    }
+
+
+def _table_now(sink: LanceSink, known: KnownDocuments) -> str:
+    """What the run header says of the target table."""
+    if sink.staged is not None:
+        return f"an overwrite of its {sink.staged.replaced_rows:,} rows, replaced when the run is done"
+    return f"{len(known):,} documents there"
 
 
 def _plural(count: int, noun: str) -> str:
@@ -302,7 +320,7 @@ def _execute(context: RunContext, sink: LanceSink, dead_letters: DeadLetterLog) 
     log(
         f"{context.job}: {_plural(len(context.objects), config.source.format + ' object')} from {context.origin} "
         f"({len(skip):,} unchanged since the last run) -> {config.sink.uri}/{config.sink.table} "
-        f"({len(known):,} documents there) with {context.identity.label} ({config.embedding.mode} mode)"
+        f"({_table_now(sink, known)}) with {context.identity.label} ({config.embedding.mode} mode)"
     )
 
     def build(actors: ActorPlan, stats: Any) -> Any:
@@ -521,14 +539,20 @@ def warn_if_nothing_indexed(config: JobConfig, tally: Tally, docs_written: int) 
     if not nothing_indexed(tally, docs_written):
         return
     dead = sum(tally.dead_lettered.values())
-    reasons = ", ".join(f"{reason} {count:,}" for reason, count in tally.dead_lettered.most_common())
+    note = bad_records_note(config, tally.dead_lettered)
+    log(f"warning: every one of the {dead:,} records read was dead-lettered {note}")
+
+
+def bad_records_note(config: JobConfig, reasons: Counter) -> str:
+    """``(missing_text 60); check source.text_field='body'``: the reasons counted, and the setting they point
+    at when they point at one."""
+    counted = ", ".join(f"{reason} {count:,}" for reason, count in reasons.most_common())
     fields = [
         f"{FIELD_OF_REASON[r]}={getattr(config.source, FIELD_OF_REASON[r].split('.')[1])!r}"
-        for r in tally.dead_lettered
+        for r in reasons
         if r in FIELD_OF_REASON
     ]
-    hint = f"; check {', '.join(fields)}" if fields else ""
-    log(f"warning: every one of the {dead:,} records read was dead-lettered ({reasons}){hint}")
+    return f"({counted})" + (f"; check {', '.join(fields)}" if fields else "")
 
 
 def budget_status(config: JobConfig, tally: Tally, docs_written: int) -> str:
@@ -557,8 +581,7 @@ def _init_ray() -> Any:
         # driver's streaming loop then takes its CPU from the embedding actor, the critical path. Equal priority
         # measured 1.2x faster end to end on 2 cores. A cluster's own setting is left alone.
         system_config = None if address else {"worker_niceness": 0}
-        if not address:
-            _quiet_default_token_auth_notice()
+        quiet_ray_notices(local=not address)
         ray.init(
             address=address,
             logging_level=logging.WARNING,
@@ -569,21 +592,34 @@ def _init_ray() -> Any:
     return ray
 
 
-# Ray's notice that the local cluster it starts uses token authentication, its default: printed on every run, with
-# nothing to act on (the runbook says how to opt out). Other messages of that logger still show.
-_TOKEN_AUTH_NOTICE = "Token authentication is enabled for this Ray cluster"
-_TOKEN_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+# Ray notices printed on every run with nothing for a lateline user to act on (the runbook explains both):
+# logger -> the start of the message dropped. Other messages of these loggers still show.
+TOKEN_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+RAY_NOTICES = {
+    # A local cluster uses token authentication, Ray's default (RAY_AUTH_MODE=disabled opts out).
+    TOKEN_AUTH_LOGGER: "Token authentication is enabled for this Ray cluster",
+    # Ray Data's bars are off unless runtime.ray_progress_bars; its hint names a Python API instead.
+    "ray.data._internal.progress": "Progress bars disabled. To enable",
+}
 
 
-class _DropTokenAuthNotice(logging.Filter):
+class _DropNotice(logging.Filter):
+    def __init__(self, start: str) -> None:
+        super().__init__()
+        self.start = start
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(_TOKEN_AUTH_NOTICE)
+        return not record.getMessage().startswith(self.start)
 
 
-def _quiet_default_token_auth_notice() -> None:
-    logger = logging.getLogger(_TOKEN_AUTH_LOGGER)
-    if not any(isinstance(f, _DropTokenAuthNotice) for f in logger.filters):
-        logger.addFilter(_DropTokenAuthNotice())
+def quiet_ray_notices(local: bool) -> None:
+    """Drop :data:`RAY_NOTICES` (the token-auth one only for a cluster this job starts itself). Idempotent."""
+    for name, start in RAY_NOTICES.items():
+        if name == TOKEN_AUTH_LOGGER and not local:
+            continue
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropNotice) and f.start == start for f in logger.filters):
+            logger.addFilter(_DropNotice(start))
 
 
 def _poll(ray: Any, stats: Any, tally: Tally) -> dict[str, float]:

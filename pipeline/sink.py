@@ -144,6 +144,7 @@ class StagedOverwrite:
         dataset = table.to_lance()
         self.uri = dataset.uri
         self.read_version = dataset.version
+        self.replaced_rows = dataset.count_rows()  # for the run's header: what the overwrite will replace
         self.file_version = dataset.data_storage_version  # the table's file format, kept across the rebuild
         self.storage_options = storage_options or None
         self.fragments: list[Any] = []

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from jobs import index as index_job
+from pipeline.dryrun import STARTUP_GUESS_S
 
 pytestmark = pytest.mark.integration
 
@@ -41,6 +42,8 @@ def test_dry_run_estimates_without_writing_then_sees_the_unchanged_corpus(
     assert not (tmp_path / "db").exists() and not (tmp_path / "runs").exists(), "a dry run writes nothing"
     assert (first["objects"], first["estimated_docs"], first["estimated_unchanged_fraction"]) == (1, 60, 0.0)
     assert first["tokens_per_s"] > 0 and "benchmark" in first["throughput_basis"]
+    assert first["objects_to_read"] == 1 and first["warnings"] == []
+    assert first["estimated_seconds"] >= STARTUP_GUESS_S, "start-up counts even without an earlier run"
 
     assert index_job.main(["--config", str(config)]) == 0
     [summary] = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*/summary.json")]
@@ -48,4 +51,14 @@ def test_dry_run_estimates_without_writing_then_sees_the_unchanged_corpus(
 
     second = _estimate(config, capsys)
     assert second["estimated_unchanged_fraction"] == 1.0 and second["estimated_seconds"] == 0
+    assert second["objects_to_read"] == 0
     assert summary["run_id"] in second["throughput_basis"]
+
+    # Another text field: the object would be read again, every record dead-lettered; the estimate says so.
+    capsys.readouterr()
+    assert index_job.main(["--config", str(config), "--dry-run", "--set", "source.text_field=body"]) == 0
+    out, err = capsys.readouterr()
+    wrong = json.loads(out)
+    assert wrong["objects_to_read"] == 1 and wrong["estimated_seconds"] > 0, "start-up counts: Ray would start"
+    assert "every one of the 60 sampled records would be dead-lettered" in err
+    assert "source.text_field='body'" in err and wrong["warnings"]

@@ -99,7 +99,9 @@ def test_unchanged_costs_nothing_edit_reembeds_one_delete_removes_one(ray_sessio
     assert after.filter(pa.compute.equal(after[schema.DOC_ID], "lambda")).equals(untouched)
 
 
-def test_an_overwrite_replaces_the_table_in_one_commit_and_never_with_nothing(ray_session, tmp_path: Path) -> None:
+def test_an_overwrite_replaces_the_table_in_one_commit_and_never_with_nothing(
+    ray_session, tmp_path: Path, capsys
+) -> None:
     import lancedb
 
     from pipeline.manifest import ObjectManifest
@@ -113,6 +115,7 @@ def test_an_overwrite_replaces_the_table_in_one_commit_and_never_with_nothing(ra
 
     overwrite = ["--config", config, "--set", "sink.mode=overwrite"]
     assert index_job.main([*overwrite, "--set", "source.text_field=body"]) == 3, "every record dead-lettered"
+    assert f"(an overwrite of its {first.num_rows} rows, replaced when the run is done)" in capsys.readouterr().err
     table = _last_summary(tmp_path)["table"]
     assert (table["overwrite_published"], table["rows"]) == (False, first.num_rows)
     assert _rows(tmp_path).equals(first) and manifest.load() == recorded, "table and manifest as they were"

@@ -93,7 +93,7 @@ def test_every_good_document_is_indexed_and_every_bad_one_reported(indexed: dict
         "missing_id": 1,
         "invalid_utf8": 1,
     }
-    assert all(example["error_detail"].startswith("line ") for example in summary["dead_letter_examples"])
+    assert all(example["detail"].startswith("line ") for example in summary["dead_letter_examples"])
     letters = read_dead_letters(indexed["config"].sink.uri, "chunks").to_pylist()
     assert sorted(row["reason"] for row in letters) == sorted(counts["dead_lettered_by_reason"])
     assert all(row["source_uri"].startswith("s3://corpus-jsonl/docs/part-") and row["snippet"] for row in letters)

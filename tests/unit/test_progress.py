@@ -59,13 +59,17 @@ def test_objects_not_read_by_this_run_and_unknown_sizes() -> None:
 
 
 def test_the_progress_line_gives_the_share_done_and_the_time_left(capsys) -> None:
-    tally = Tally("backfill", 10.0, sizes={"a": 100, "b": 100})
+    tally = Tally("backfill", 10.0, sizes={"a": 100, "b": 100, "c": 200})
     tally.started -= 60
     tally.add_arrivals(output([("a", 0, None)]))
     tally.add_object_rows([("a", 1)])
     tally.print_progress(1, {"forward_tokens": 1000.0})
-    line = capsys.readouterr().err
-    assert "50% of the source's objects done, about 60s left" in line
+    assert capsys.readouterr().err.rstrip().endswith("25% of the source's objects done"), "one point: no rate yet"
+    tally._first_done = (tally._first_done[0] - 30, 0.25)  # as if a was done 30 s ago
+    tally.add_arrivals(output([("b", 0, None)]))
+    tally.add_object_rows([("b", 1)])
+    tally.print_progress(2, {"forward_tokens": 2000.0})
+    assert "50% of the source's objects done, about 60s left" in capsys.readouterr().err
 
 
 def test_before_any_output_the_line_says_what_the_run_waits_for(capsys) -> None:
@@ -163,8 +167,8 @@ def test_a_poll_ships_only_the_object_counts_not_fetched_before() -> None:
 def test_the_time_left_runs_at_the_rate_since_the_first_share_done_not_since_the_start() -> None:
     tally = Tally("index", 10.0, started=0.0, sizes={"a": 1})
     assert tally.time_left(0.0, now=10.0) is None  # nothing done: no rate yet
-    assert tally.time_left(0.2, now=40.0) == pytest.approx(160.0)  # one point: the rate since the start
-    assert tally.time_left(0.2, now=50.0) == pytest.approx(200.0)
+    assert tally.time_left(0.2, now=40.0) is None  # one point: start-up would weigh on any rate
+    assert tally.time_left(0.2, now=50.0) is None
     # 40% more in the 40 s since 20% was first seen: 40 s for the last 40% (start-up would have said 53 s)
     assert tally.time_left(0.6, now=80.0) == pytest.approx(40.0)
     assert tally.time_left(1.0, now=90.0) is None
@@ -185,20 +189,28 @@ def test_a_run_that_dead_letters_every_record_warns_naming_the_setting(capsys) -
     assert capsys.readouterr().err == "", "a run that wrote something is not warned about"
 
 
-def test_rays_default_token_auth_notice_is_hidden_and_its_other_warnings_are_not(caplog) -> None:
-    from pipeline.runner import _TOKEN_AUTH_LOGGER, _quiet_default_token_auth_notice
+def test_rays_routine_notices_are_hidden_and_its_other_warnings_are_not(caplog) -> None:
+    from pipeline.runner import RAY_NOTICES, TOKEN_AUTH_LOGGER, quiet_ray_notices
 
-    logger = logging.getLogger(_TOKEN_AUTH_LOGGER)
-    before = list(logger.filters)
+    loggers = [logging.getLogger(name) for name in RAY_NOTICES]
+    before = [list(logger.filters) for logger in loggers]
+    auth, progress = loggers
     try:
-        _quiet_default_token_auth_notice()
-        _quiet_default_token_auth_notice()  # a second run in the same process adds no second filter
-        assert len(logger.filters) == len(before) + 1
-        with caplog.at_level(logging.WARNING, logger=_TOKEN_AUTH_LOGGER):
-            logger.warning("Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled ...")
-            logger.warning("Token authentication is disabled for this Ray cluster. Anyone with network access ...")
+        quiet_ray_notices(local=False)
+        assert auth.filters == before[0], "joining a cluster: its token-auth notices are left alone"
+        quiet_ray_notices(local=True)
+        quiet_ray_notices(local=True)  # a second run in the same process adds no second filter
+        assert [len(logger.filters) for logger in loggers] == [len(b) + 1 for b in before]
+        with caplog.at_level(logging.WARNING):
+            auth.warning("Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled ...")
+            auth.warning("Token authentication is disabled for this Ray cluster. Anyone with network access ...")
+            progress.warning("Progress bars disabled. To enable, set `ray.data.DataContext...`")
+            progress.warning("Progress bars for operators disabled. To enable, ...")
         assert [r.getMessage().split(".")[0] for r in caplog.records] == [
-            "Token authentication is disabled for this Ray cluster"
+            "Token authentication is disabled for this Ray cluster",
+            "Progress bars for operators disabled",
         ]
+        assert auth.name == TOKEN_AUTH_LOGGER
     finally:
-        logger.filters[:] = before
+        for logger, filters in zip(loggers, before):
+            logger.filters[:] = filters
