@@ -137,13 +137,15 @@ def _top_distinct(ids: Sequence[str], k: int) -> set[str]:
 # --- table sides -------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class TableSide:
-    """One table of the comparison: its name, model label (``name@fingerprint``), rows and documents."""
+    """One table of the comparison: its name, model label (``name@fingerprint``), rows and documents, and its
+    recorded chunker settings (JSON; ``""`` when it has no record)."""
 
     name: str
     model: str
     rows: int
     documents: int
     doc_ids: frozenset[str]
+    chunker: str = ""
 
 
 def table_side(table: Any, name: str) -> TableSide:
@@ -154,7 +156,13 @@ def table_side(table: Any, name: str) -> TableSide:
     if rows:
         column = table.search().select([schema.DOC_ID]).limit(rows).to_arrow()[schema.DOC_ID]
         doc_ids = frozenset(pc.unique(column).to_pylist())
-    return TableSide(name, _model_label(read_table_record(table)), rows, len(doc_ids), doc_ids)
+    record = read_table_record(table)
+    return TableSide(name, _model_label(record), rows, len(doc_ids), doc_ids, _chunker(record))
+
+
+def _chunker(record: dict[str, Any] | None) -> str:
+    chunker = ((record or {}).get("settings") or {}).get("chunker")
+    return json.dumps(chunker, sort_keys=True) if chunker else ""
 
 
 def _model_label(record: dict[str, Any] | None) -> str:
@@ -195,7 +203,12 @@ def compare_report(
     old_top, new_top = [list(h[:k]) for h in old_hits], [list(h[:k]) for h in new_hits]
     per_query = [_query_row(q, o, n, k) for q, o, n in zip(queries, old_top, new_top)]
     report = {
-        "tables": {"old": _side_summary(old), "new": _side_summary(new), "same_model": old.model == new.model},
+        "tables": {
+            "old": _side_summary(old),
+            "new": _side_summary(new),
+            "same_model": old.model == new.model,
+            "same_chunking": old.chunker == new.chunker,
+        },
         "k": k,
         "queries": len(queries),
         "per_query": per_query,
@@ -316,7 +329,8 @@ def verdict(report: dict[str, Any], min_mean_doc_overlap: float, max_row_change:
 
     - ``same_documents``: no document is missing on either side.
     - ``row_parity``: ``|new rows - old rows| / old rows <= max_row_change`` (0: the same chunks, as a re-embed
-      with the same chunker gives; an empty old table passes only when the new one is empty too).
+      with the same chunker gives; an empty old table passes only when the new one is empty too). Tables
+      chunked differently (a re-chunk) have other rows by design: the check is then reported, not applied.
     - ``doc_overlap``: mean document overlap@k ``>= min_mean_doc_overlap`` (a floor against a broken new
       table, not a quality judgement: two good models legitimately disagree on part of their top-k).
       No queries fails it: nothing was measured.
@@ -327,15 +341,19 @@ def verdict(report: dict[str, Any], min_mean_doc_overlap: float, max_row_change:
     same_documents = documents["missing_in_new"] == 0 and documents["missing_in_old"] == 0
     row_change = abs(rows["difference"]) / rows["old"] if rows["old"] else (0.0 if rows["new"] == 0 else None)
     unanswered = sum(1 for row in report["per_query"] if row["old_hits"] and not row["new_hits"])
-    checks = [
-        _check("same_documents", same_documents, "no document missing on either side"),
-        _check(
+    if report["tables"].get("same_chunking", True):
+        rows_check = _check(
             "row_parity",
             row_change is not None and row_change <= max_row_change + CHECK_TOLERANCE,
             "|new rows - old rows| / old rows <= threshold",
             row_change,
             max_row_change,
-        ),
+        )
+    else:
+        rows_check = _check("row_parity", True, "not applied: the tables are chunked differently", row_change)
+    checks = [
+        _check("same_documents", same_documents, "no document missing on either side"),
+        rows_check,
         _check(
             "doc_overlap",
             mean_overlap is not None and mean_overlap >= min_mean_doc_overlap - CHECK_TOLERANCE,

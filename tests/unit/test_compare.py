@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from pathlib import Path
@@ -166,6 +167,17 @@ def test_verdict_checks_and_thresholds(report: dict) -> None:
     assert noise["verdict"]["checks"][2]["passed"] is True  # within CHECK_TOLERANCE of the threshold
 
 
+def test_row_parity_is_reported_but_not_applied_to_tables_chunked_differently() -> None:
+    rechunked = dataclasses.replace(NEW, doc_ids=OLD.doc_ids, documents=OLD.documents, chunker='{"size": 64}')
+    report = compare_report(QUERIES, OLD_HITS, OLD_HITS, OLD, rechunked, 3)
+    rows = {check["check"]: check for check in report["verdict"]["checks"]}["row_parity"]
+    assert report["tables"]["same_chunking"] is False
+    assert rows["passed"] is True and rows["value"] == 0.2 and "chunked differently" in rows["rule"]
+    assert report["verdict"]["passed"] is True
+    same_chunker = compare_report(QUERIES, OLD_HITS, OLD_HITS, OLD, dataclasses.replace(rechunked, chunker=""), 3)
+    assert same_chunker["verdict"]["passed"] is False, "the same chunker: 12 rows for 10 is a failure"
+
+
 def test_identical_tables_pass() -> None:
     same = compare_report(QUERIES, OLD_HITS, OLD_HITS, OLD, OLD, k=3)
     assert same["verdict"]["passed"] is True
@@ -198,12 +210,13 @@ def _chunk_rows(doc_chunks: dict[str, int], dim: int) -> dict[str, list]:
 def test_table_side_reads_rows_documents_and_model(tmp_path: Path) -> None:
     identity = ModelIdentity("tiny", "abc123", 4, "mean", 512, "float32", "")
     table_schema = schema.chunk_schema(4).with_metadata(
-        {schema.TABLE_METADATA_KEY: json.dumps(table_record(identity, {"chunking": "tokens@v1"}))}
+        {schema.TABLE_METADATA_KEY: json.dumps(table_record(identity, {"chunker": {"strategy": "tokens@v1"}}))}
     )
     db = lancedb.connect(tmp_path / "db")
     data = pa.table(_chunk_rows({"a": 3, "b": 2, "c": 1}, 4), schema=table_schema)
     side = table_side(db.create_table("chunks", data=data, schema=table_schema), "chunks")
-    assert side == TableSide("chunks", "tiny@abc123", 6, 3, frozenset({"a", "b", "c"}))
+    chunker = '{"strategy": "tokens@v1"}'
+    assert side == TableSide("chunks", "tiny@abc123", 6, 3, frozenset({"a", "b", "c"}), chunker)
 
 
 def test_table_side_of_an_empty_foreign_table(tmp_path: Path) -> None:
