@@ -304,6 +304,8 @@ def _text_record(fs: Any, local: str, uri: str, root: str, source: SourceConfig)
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         return skipped(uri, "invalid_utf8", str(exc), raw, doc_id)
+    if not text.strip():  # said of the file, not of a JSON record it never was
+        return skipped(uri, "empty_text", "file: empty or only whitespace", text, doc_id)
     return record_to_document({"id": doc_id, "text": text}, uri, "file", source, "id", "text")
 
 

@@ -287,6 +287,13 @@ def test_text_file_with_invalid_utf8_is_skipped_with_its_id(tmp_path: Path) -> N
     assert [(r[schema.DOC_ID], r[schema.ERROR]) for r in rows] == [("bad.txt", "invalid_utf8")]
 
 
+def test_an_empty_text_file_is_reported_as_an_empty_file(tmp_path: Path) -> None:
+    (tmp_path / "empty.md").write_text(" \n\n")
+    [row] = read_all(SourceConfig(uri=str(tmp_path), format="text"))
+    assert (row[schema.DOC_ID], row[schema.ERROR]) == ("empty.md", "empty_text")
+    assert row[schema.ERROR_DETAIL] == "file: empty or only whitespace" and row[schema.SNIPPET] is None
+
+
 def test_too_large_ascii_text_file_is_skipped_as_too_large(tmp_path: Path) -> None:
     (tmp_path / "big.txt").write_text("a" * 100)
     rows = read_all(SourceConfig(uri=str(tmp_path), format="text", max_doc_chars=10))
