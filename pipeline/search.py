@@ -3,6 +3,12 @@
 The query is embedded the way the model embeds a sentence (mean over all its tokens, L2-normalised) and
 compared by cosine similarity with the stored chunk vectors. Searching a table with another model is refused
 (:class:`pipeline.sink.TableMismatch`), since the scores would mean nothing.
+
+Scores are exact cosines whether or not ``lateline maintain`` built an ANN index: an index compares compressed
+vectors (PQ or SQ codes), so its candidates, ``REFINE_FACTOR`` times the hits asked for, are re-ranked by their
+stored vectors. Without that, scores after an IVF_PQ build were off by 0.3 and a tenth of the exact top 10 went
+missing; with it, the exact top 10 came back in a walkthrough's check. Without an index the search is exact
+anyway.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from pipeline.model import load_model
 from pipeline.sink import check_model, open_table, read_table_record
 
 BY_DOCUMENT_OVERSAMPLE = 10
+REFINE_FACTOR = 10  # ANN candidates per hit, re-ranked by exact cosine on the stored vectors
 
 
 @dataclass(frozen=True)
@@ -55,7 +62,13 @@ def search(
 
 def _hits(table, vector, limit: int, k: int, by_document: bool) -> list[Hit]:
     columns = [schema.DOC_ID, schema.CHUNK_ID, schema.CHAR_START, schema.CHAR_END, schema.TEXT]
-    query = table.search(vector).distance_type("cosine").select([*columns, "_distance"]).limit(limit)
+    query = (
+        table.search(vector)
+        .distance_type("cosine")
+        .refine_factor(REFINE_FACTOR)
+        .select([*columns, "_distance"])
+        .limit(limit)
+    )
     rows = query.to_arrow().to_pylist()
     hits, seen = [], set()
     for row in rows:

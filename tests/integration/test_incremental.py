@@ -255,6 +255,23 @@ def test_maintain_compacts_and_builds_indexes(ray_session, tmp_path: Path, capsy
     assert report["after"]["rows"] == report["before"]["rows"] >= 200
     assert {"chunk_id_idx", "text_idx", "vector_idx"} <= set(report["after"]["indexes"])
 
+    # Searching through the index gives the exact cosine scores and the exact top k.
+    from pipeline.config import load_config
+    from pipeline.embedding import embed_queries
+    from pipeline.model import load_model
+    from pipeline.search import search
+
+    job = load_config(Path(config))
+    stored = _rows(tmp_path)
+    vectors = np.stack(stored[schema.VECTOR].to_numpy(zero_copy_only=False))
+    queries = ["how do I catch an exception", "return a value from a function", "delete a name"]
+    model = load_model(job.model)
+    for query, hits, [vector] in zip(queries, search(job, queries, k=5), [embed_queries(model, [q]) for q in queries]):
+        exact = vectors @ vector / np.linalg.norm(vectors, axis=1) / np.linalg.norm(vector)
+        top = np.argsort(-exact)[:5]
+        assert [h.chunk_id for h in hits] == [stored[schema.CHUNK_ID][i].as_py() for i in top], query
+        assert [h.score for h in hits] == pytest.approx(exact[top].tolist(), abs=1e-4), query
+
 
 def _ray_address() -> str:
     import ray
