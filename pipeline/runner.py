@@ -7,8 +7,9 @@ forward pass, commits hold whole documents, and re-running after a crash (even `
 nor duplicates rows.
 
 Exit codes (:data:`EXIT_CODES`): 0 ok; 1 the run failed; 2 the configuration, source or table does not fit
-(nothing written); 3 the failure budget was exceeded (what could be written was committed, except by an
-``overwrite``, which is then not published at all); 4 another job holds the table. An ``overwrite`` of an
+(nothing written); 3 the failure budget was exceeded, or every record read was dead-lettered (what could be
+written was committed, except by an ``overwrite``, which is then not published at all); 4 another job holds
+the table. An ``overwrite`` of an
 existing table is all or nothing: it does not resume, and until it is published the table stays as it was.
 
 The run summary (``<runtime.summary_dir>/<run_id>/summary.json``, path printed) satisfies
@@ -354,10 +355,10 @@ def execute_job(
     """The frame every writing job shares: stream ``build``'s plan (none: nothing to read) into the sink,
     judge the failure budget, close the sink, run the job's ``finish`` (deletions, manifest: it sets
     ``outcome["deleted"]`` and ``outcome["objects_removed"]`` as each is done, so a later failure does not hide
-    them) and flush the dead letters. An ``overwrite`` over the budget, or whose every record was
-    dead-lettered, is not published and ``finish`` is skipped: the table stays as it was. The summary (its
-    ``source`` section replaced by ``summary_source`` when given) is written whatever happens; an error
-    propagates after it, recorded in it."""
+    them) and flush the dead letters. A run whose every record was dead-lettered counts as over the budget.
+    An ``overwrite`` over the budget is not published and ``finish`` is skipped: the table stays as it was.
+    The summary (its ``source`` section replaced by ``summary_source`` when given) is written whatever
+    happens; an error propagates after it, recorded in it."""
     outcome: dict[str, Any] = {
         "status": "failed",
         "error": None,
@@ -373,10 +374,11 @@ def execute_job(
         docs_written = sink.stats["docs_written"]
         warn_if_nothing_indexed(context.config, tally, docs_written)
         status = budget_status(context.config, tally, docs_written)
-        if sink.staged is not None and (status != "ok" or nothing_indexed(tally, docs_written)):
+        if nothing_indexed(tally, docs_written):  # a wrong setting, not a success, whatever the budget allows
+            status = "failure_budget_exceeded"
+        if sink.staged is not None and status != "ok":
             outcome["written"] = sink.abandon()
             dead_letters.withdraw()
-            status = "failure_budget_exceeded"
             log(
                 f"{context.job}: the overwrite is not published: {context.config.sink.table!r} keeps its "
                 f"{outcome['written']['table_rows']:,} rows (and its dead letters; this run's examples are in "
@@ -534,8 +536,8 @@ def nothing_indexed(tally: Tally, docs_written: int) -> bool:
 
 def warn_if_nothing_indexed(config: JobConfig, tally: Tally, docs_written: int) -> None:
     """A run whose every record was dead-lettered usually has a wrong setting, not bad data: say so, naming
-    the setting when the reason points at one (the exit code follows the failure budget, except that such an
-    ``overwrite`` is not published and exits as over it)."""
+    the setting when the reason points at one (such a run exits as over the failure budget, whatever it is;
+    an ``overwrite`` is then not published)."""
     if not nothing_indexed(tally, docs_written):
         return
     dead = sum(tally.dead_lettered.values())

@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 from fsspec.core import url_to_fs
 
 from pipeline import schema
-from pipeline.config import SinkConfig, redacted
+from pipeline.config import ConfigError, SinkConfig, redacted
 from pipeline.docids import DocIdSet
 from pipeline.known import KnownDocuments, read_known_documents
 from pipeline.lock import fsspec_options
@@ -105,9 +105,41 @@ def check_compatible(table_name: str, stored: dict[str, Any] | None, identity: M
         )
 
 
+# LanceDB reports object-store failures as a Rust debug dump: the words that give the cause away, and the cause.
+STORE_FAILURES = (
+    ("NoSuchBucket", "the bucket does not exist"),
+    ("InvalidAccessKeyId", "the access key is not known there"),
+    ("SignatureDoesNotMatch", "the secret key does not match the access key"),
+    ("AccessDenied", "access denied"),
+    ("tcp connect error", "the endpoint cannot be reached"),
+    ("dns error", "the endpoint's host name does not resolve"),
+    ("BadScheme", "an http:// endpoint needs allow_http: 'true' in the storage options (or AWS_ALLOW_HTTP=true)"),
+)
+
+
+class SinkUnreachable(ConfigError):
+    """The sink's database cannot be opened: a wrong URI, bucket, endpoint or credentials."""
+
+
+def store_failure(exc: BaseException) -> str:
+    """A one-line cause of an object-store error: a known cause, else the start of the message."""
+    text = str(exc)
+    for needle, cause in STORE_FAILURES:
+        if needle in text:
+            return cause
+    return (text.splitlines() or [type(exc).__name__])[0][:200]
+
+
 def connect(uri: str, storage_options: dict[str, Any] | None = None) -> Any:
-    """A LanceDB connection (local path or object-store URI)."""
-    return lancedb.connect(uri, storage_options=storage_options or None)
+    """A LanceDB connection (local path or object-store URI). Raises :class:`SinkUnreachable` (a
+    :class:`ConfigError`, naming ``sink.uri`` and the cause) when the database cannot be reached."""
+    try:
+        return lancedb.connect(uri, storage_options=storage_options or None)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise SinkUnreachable(
+            f"sink.uri: cannot open the LanceDB database at {uri!r}: {store_failure(exc)} "
+            "(check sink.uri and sink.storage_options)"
+        ) from exc
 
 
 def open_table(uri: str, name: str, storage_options: dict[str, Any] | None = None) -> Any:

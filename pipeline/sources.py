@@ -309,6 +309,13 @@ def _text_record(fs: Any, local: str, uri: str, root: str, source: SourceConfig)
     return record_to_document({"id": doc_id, "text": text}, uri, "file", source, "id", "text")
 
 
+def _fields_of(record: dict[str, Any], most: int = 12) -> str:
+    """`` (fields: id, content)``: what the record has instead, for a field that is missing."""
+    names = [str(name) for name in record if record[name] is not None]
+    shown = ", ".join(names[:most]) + (", ..." if len(names) > most else "")
+    return f" (fields: {shown})" if names else " (no fields)"
+
+
 def relative_id(uri: str, root: str) -> str:
     """A text file's document id: its path relative to the source root (the file name for a single file)."""
     return uri[len(root) :].lstrip("/") if uri.startswith(root) and uri != root else uri.rsplit("/", 1)[-1]
@@ -327,10 +334,10 @@ def record_to_document(
     doc_id, text = record.get(id_field), record.get(text_field)
     snippet = json.dumps(record, default=str)[:SNIPPET_CHARS]
     if doc_id is None or (isinstance(doc_id, str) and not doc_id.strip()):
-        return skipped(uri, "missing_id", f"{where}: no {id_field!r} field", snippet)
+        return skipped(uri, "missing_id", f"{where}: no {id_field!r} field{_fields_of(record)}", snippet)
     doc_id = str(doc_id)
     if text is None:
-        return skipped(uri, "missing_text", f"{where}: no {text_field!r} field", snippet, doc_id)
+        return skipped(uri, "missing_text", f"{where}: no {text_field!r} field{_fields_of(record)}", snippet, doc_id)
     if not isinstance(text, str):
         return skipped(uri, "non_string_text", f"{where}: {text_field!r} is {type(text).__name__}", snippet, doc_id)
     if not text.strip():

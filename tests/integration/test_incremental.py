@@ -75,7 +75,7 @@ def test_unchanged_costs_nothing_edit_reembeds_one_delete_removes_one(ray_sessio
     assert _rows(tmp_path).equals(first)
 
     # Another text field makes an unchanged file yield other documents: it is read again, not skipped.
-    assert index_job.main(["--config", config, "--set", "source.text_field=body"]) == 0
+    assert index_job.main(["--config", config, "--set", "source.text_field=body"]) == 3, "nothing indexed"
     summary = _last_summary(tmp_path)
     assert summary["source"]["objects_skipped_unchanged"] == 0
     assert summary["counts"]["dead_lettered_by_reason"] == {"missing_text": len(DOCS)}

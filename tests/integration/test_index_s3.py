@@ -300,3 +300,39 @@ def test_the_table_itself_can_live_in_s3(s3fs_client, s3_endpoint: str, ray_sess
     assert data_files() == files
     after = lancedb.connect("s3://vectors/db", storage_options=options).open_table("chunks").to_arrow()
     assert after.equals(rebuilt)
+
+
+@pytest.mark.parametrize(
+    ("bucket", "change", "cause"),
+    [
+        ("nosuchbucket", {}, "the bucket does not exist"),
+        ("vectors-ok", {"aws_endpoint": "http://127.0.0.1:1"}, "the endpoint cannot be reached"),
+        ("vectors-ok", {"allow_http": None}, "allow_http"),
+    ],
+)
+def test_a_sink_that_cannot_be_reached_exits_2_naming_the_setting_and_the_cause(
+    s3fs_client, s3_endpoint: str, tmp_path: Path, capsys, monkeypatch, bucket: str, change: dict, cause: str
+) -> None:
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)  # only the sink's own options point anywhere
+    monkeypatch.delenv("AWS_ALLOW_HTTP", raising=False)
+    if not s3fs_client.exists("vectors-ok"):
+        s3fs_client.mkdir("vectors-ok")
+    options = {
+        "aws_endpoint": s3_endpoint,
+        "aws_access_key_id": "testing",
+        "aws_secret_access_key": "testing",
+        "aws_region": "us-east-1",
+        "allow_http": "true",
+        **change,
+    }
+    config = {
+        "source": {"uri": str(Path(__file__).resolve().parents[2] / "data" / "sample"), "format": "jsonl"},
+        "sink": {"uri": f"s3://{bucket}/db", "storage_options": {k: v for k, v in options.items() if v is not None}},
+        "runtime": {"summary_dir": str(tmp_path / "runs")},
+    }
+    path = tmp_path / "unreachable.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert index_job.main(["--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "sink.uri" in err and cause in err and "sink.storage_options" in err
+    assert "cargo" not in err and "Traceback" not in err, "no Rust debug dump, no traceback"

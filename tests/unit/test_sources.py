@@ -86,6 +86,13 @@ def test_bad_records_are_skipped_with_their_reason(record: dict, reason: str, do
     assert row[schema.DOC_FINGERPRINT] is None
 
 
+def test_a_missing_field_is_reported_with_the_fields_the_record_has() -> None:
+    row = record_to_document({"id": "x1", "content": "words", "lang": None}, URI, "row 3", jsonl_source())
+    assert row[schema.ERROR_DETAIL] == "row 3: no 'text' field (fields: id, content)"
+    row = record_to_document({}, URI, "line 1", jsonl_source())
+    assert row[schema.ERROR_DETAIL] == "line 1: no 'id' field (no fields)"
+
+
 def test_text_at_the_size_limit_is_kept() -> None:
     row = record_to_document({"id": "a", "text": "x" * 10}, URI, "line 1", jsonl_source(max_doc_chars=10))
     assert row[schema.ERROR] is None
