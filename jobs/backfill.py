@@ -19,7 +19,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lateline backfill", description=__doc__)
     config_arguments(p)
     p.add_argument("uris", nargs="*", help="URIs, prefixes or globs to backfill (default: source.uri)")
-    p.add_argument("--from-list", type=Path, help="a file with one URI per line")
+    p.add_argument("--from-list", type=Path, help="a file with one URI per line (blank lines and # comments skipped)")
     return p
 
 
@@ -31,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.from_list:
         if not args.from_list.is_file():
             return fail(f"--from-list: no such file ({str(args.from_list)!r})", "config")
-        uris += [line.strip() for line in args.from_list.read_text().splitlines() if line.strip()]
+        lines = (line.strip() for line in args.from_list.read_text().splitlines())
+        uris += [line for line in lines if line and not line.startswith("#")]
     return run_writing_job(
         "backfill", lambda: run_index(config, job="backfill", objects=list_uris(config.source, uris) if uris else None)
     )

@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, TableNotFound, TableMismatch) as exc:
         return fail(str(exc), "config")
     print((args.out / "results.md").read_text())
-    print(f"results: {args.out / 'results.json'}, {args.out / 'results.png'} ({report['queries']} queries)")
+    written = ", ".join(str(args.out / name) for name in ("results.json", "results.md", "results.png"))
+    print(f"results: {written} ({report['queries']} queries)")
     return EXIT_CODES["ok"]
 
 

@@ -48,16 +48,22 @@ class SourceObject:
     etag: str | None
 
 
-def list_source_objects(source: SourceConfig) -> list[SourceObject]:
-    """Every file the source names, sorted by path. Raises :class:`SourceError` naming the URI when it cannot
-    be listed or matches nothing."""
+def list_source_objects(source: SourceConfig, setting: str = "source.uri") -> list[SourceObject]:
+    """Every file the source names, sorted by path. Raises :class:`SourceError` naming ``setting`` (where the
+    URI came from) and the URI when it cannot be listed or matches nothing."""
     try:
         fs, path = url_to_fs(source.uri, **source.storage_options)
         entries, root = with_retries(f"listing {source.uri}", lambda: _list(fs, path, source.include_patterns()))
     except Exception as exc:
-        raise SourceError(f"source.uri: cannot list {source.uri!r}: {exc}") from exc
+        raise SourceError(
+            f"{setting}: cannot list {source.uri!r}: {exc} (check it and source.storage_options)"
+        ) from exc
     if not entries:
-        raise SourceError(f"source.uri: no {source.format} files found at {source.uri!r}")
+        patterns = ", ".join(source.include_patterns())
+        raise SourceError(
+            f"{setting}: no {source.format} files found at {source.uri!r} (a folder is searched for {patterns}; "
+            "source.include sets other patterns)"
+        )
     return [
         SourceObject(fs.unstrip_protocol(name), fs.unstrip_protocol(root), info.get("size"), _version_tag(info))
         for name, info in sorted(entries.items())
@@ -72,7 +78,7 @@ def list_uris(source: SourceConfig, uris: list[str], missing_ok: bool = False) -
     found: dict[str, SourceObject] = {}
     for uri in uris:
         try:
-            listed = list_source_objects(source.model_copy(update={"uri": uri}))
+            listed = list_source_objects(source.model_copy(update={"uri": uri}), setting="URI")
         except SourceError:
             if missing_ok:
                 continue
@@ -108,7 +114,15 @@ def _list(fs: fsspec.AbstractFileSystem, path: str, include: tuple[str, ...]) ->
         return {name: info for name, info in found.items() if _included(name, include)}, path
     if fs.isfile(path):
         return {path: fs.info(path)}, path.rsplit("/", 1)[0]
+    bucket = path.split("/", 1)[0]
+    if not _is_local(fs) and bucket and not fs.exists(bucket):
+        raise FileNotFoundError(f"no bucket {bucket!r} there (or no access to it)")
     raise FileNotFoundError(f"no such file or directory: {path}")
+
+
+def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else fs.protocol
+    return "file" in protocols or "local" in protocols
 
 
 def _hidden(name: str) -> bool:

@@ -336,3 +336,10 @@ def test_a_sink_that_cannot_be_reached_exits_2_naming_the_setting_and_the_cause(
     err = capsys.readouterr().err
     assert "sink.uri" in err and cause in err and "sink.storage_options" in err
     assert "cargo" not in err and "Traceback" not in err, "no Rust debug dump, no traceback"
+
+
+def test_a_missing_source_bucket_is_named(s3fs_client, s3_endpoint: str, tmp_path: Path, capsys) -> None:
+    config = _config(tmp_path, "s3://no-such-corpus/docs/", "jsonl")
+    assert index_job.main(["--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "source.uri" in err and "no bucket 'no-such-corpus'" in err and "Traceback" not in err

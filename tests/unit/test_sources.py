@@ -19,6 +19,7 @@ from pipeline.sources import (
     content_hash,
     fingerprinted,
     list_source_objects,
+    list_uris,
     objects_table,
     read_object,
     read_objects,
@@ -325,6 +326,14 @@ def test_empty_directory_raises_source_error(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match="no jsonl files") as info:
         list_source_objects(SourceConfig(uri=str(tmp_path), format="jsonl"))
     assert str(tmp_path) in str(info.value)
+
+
+def test_a_uri_from_a_list_is_named_as_such_and_the_include_patterns_are_said(tmp_path: Path) -> None:
+    (tmp_path / "notes.md").write_text("markdown, not jsonl")
+    with pytest.raises(SourceError) as info:
+        list_uris(SourceConfig(uri=str(tmp_path), format="jsonl"), [str(tmp_path)])
+    message = str(info.value)
+    assert message.startswith("URI: no jsonl files found") and "*.jsonl" in message and "source.include" in message
 
 
 def test_glob_matching_nothing_raises_source_error(tmp_path: Path) -> None:
