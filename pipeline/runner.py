@@ -530,8 +530,10 @@ FIELD_OF_REASON = {"missing_text": "source.text_field", "missing_id": "source.id
 
 
 def nothing_indexed(tally: Tally, docs_written: int) -> bool:
-    """Whether records were read and every one was dead-lettered."""
-    return bool(sum(tally.dead_lettered.values())) and not docs_written and not len(tally.unchanged)
+    """Whether records were read and every one was dead-lettered for what it is (a copy dropped as
+    ``duplicate_doc_id`` is not: its id is indexed from another copy)."""
+    duplicates = tally.dead_lettered.get("duplicate_doc_id", 0)
+    return bool(sum(tally.dead_lettered.values())) and not (docs_written or len(tally.unchanged) or duplicates)
 
 
 def warn_if_nothing_indexed(config: JobConfig, tally: Tally, docs_written: int) -> None:

@@ -248,23 +248,36 @@ def test_markdown_files_with_paragraph_chunks(s3fs_client, ray_session, tmp_path
     assert first[schema.TEXT][0].as_py().startswith("# Lambda")
 
 
-def test_the_table_itself_can_live_in_s3(s3fs_client, s3_endpoint: str, ray_session, tmp_path: Path) -> None:
-    s3fs_client.mkdir("vectors")
+def _sink_options(endpoint: str, **change: str | None) -> dict[str, str]:
+    """LanceDB storage options for the loopback S3; ``None`` in ``change`` leaves an option out."""
     options = {
-        "aws_endpoint": s3_endpoint,
+        "aws_endpoint": endpoint,
         "aws_access_key_id": "testing",
         "aws_secret_access_key": "testing",
         "aws_region": "us-east-1",
         "allow_http": "true",
+        **change,
     }
+    return {key: value for key, value in options.items() if value is not None}
+
+
+def _sample_into(tmp_path: Path, sink: dict) -> tuple[dict, Path]:
+    """A config indexing the repository's sample corpus into ``sink``, and the path it is written to."""
     config = {
         "source": {"uri": str(Path(__file__).resolve().parents[2] / "data" / "sample"), "format": "jsonl"},
         "model": {"dtype": "float32"},
-        "sink": {"uri": "s3://vectors/db", "table": "chunks", "storage_options": options},
+        "sink": sink,
         "runtime": {"summary_dir": str(tmp_path / "runs")},
     }
     path = tmp_path / "s3-sink.yaml"
     path.write_text(yaml.safe_dump(config))
+    return config, path
+
+
+def test_the_table_itself_can_live_in_s3(s3fs_client, s3_endpoint: str, ray_session, tmp_path: Path) -> None:
+    s3fs_client.mkdir("vectors")
+    options = _sink_options(s3_endpoint)
+    config, path = _sample_into(tmp_path, {"uri": "s3://vectors/db", "table": "chunks", "storage_options": options})
     assert index_job.main(["--config", str(path), "--limit", "3"]) == 0
     assert index_job.main(["--config", str(path), "--limit", "3"]) == 0
     [hits] = search(parse_config(config), ["the assert statement"], k=1)
@@ -317,21 +330,9 @@ def test_a_sink_that_cannot_be_reached_exits_2_naming_the_setting_and_the_cause(
     monkeypatch.delenv("AWS_ALLOW_HTTP", raising=False)
     if not s3fs_client.exists("vectors-ok"):
         s3fs_client.mkdir("vectors-ok")
-    options = {
-        "aws_endpoint": s3_endpoint,
-        "aws_access_key_id": "testing",
-        "aws_secret_access_key": "testing",
-        "aws_region": "us-east-1",
-        "allow_http": "true",
-        **change,
-    }
-    config = {
-        "source": {"uri": str(Path(__file__).resolve().parents[2] / "data" / "sample"), "format": "jsonl"},
-        "sink": {"uri": f"s3://{bucket}/db", "storage_options": {k: v for k, v in options.items() if v is not None}},
-        "runtime": {"summary_dir": str(tmp_path / "runs")},
-    }
-    path = tmp_path / "unreachable.yaml"
-    path.write_text(yaml.safe_dump(config))
+    _, path = _sample_into(
+        tmp_path, {"uri": f"s3://{bucket}/db", "storage_options": _sink_options(s3_endpoint, **change)}
+    )
     assert index_job.main(["--config", str(path)]) == 2
     err = capsys.readouterr().err
     assert "sink.uri" in err and cause in err and "sink.storage_options" in err

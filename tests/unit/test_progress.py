@@ -178,7 +178,7 @@ def test_a_run_that_dead_letters_every_record_warns_naming_the_setting(capsys) -
     from collections import Counter
 
     from pipeline.config import parse_config
-    from pipeline.runner import Tally, warn_if_nothing_indexed
+    from pipeline.runner import Tally, nothing_indexed, warn_if_nothing_indexed
 
     config = parse_config({"source": {"uri": "data/sample", "format": "jsonl", "text_field": "body"}})
     tally = Tally("index", 5, dead_lettered=Counter({"missing_text": 60}))
@@ -187,6 +187,9 @@ def test_a_run_that_dead_letters_every_record_warns_naming_the_setting(capsys) -
     assert "every one of the 60 records" in line and "missing_text 60" in line and "source.text_field='body'" in line
     warn_if_nothing_indexed(config, tally, docs_written=1)
     assert capsys.readouterr().err == "", "a run that wrote something is not warned about"
+    replayed_duplicate = Tally("replay", 5, dead_lettered=Counter({"duplicate_doc_id": 1}))
+    assert not nothing_indexed(replayed_duplicate, docs_written=0), "its id is indexed from the other copy"
+    assert nothing_indexed(tally, docs_written=0)
 
 
 def test_rays_routine_notices_are_hidden_and_its_other_warnings_are_not(caplog) -> None:
