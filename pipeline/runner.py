@@ -9,8 +9,8 @@ nor duplicates rows.
 Exit codes (:data:`EXIT_CODES`): 0 ok; 1 the run failed; 2 the configuration, source or table does not fit
 (nothing written); 3 the failure budget was exceeded, or every record read was dead-lettered (what could be
 written was committed, except by an ``overwrite``, which is then not published at all); 4 another job holds
-the table. An ``overwrite`` of an
-existing table is all or nothing: it does not resume, and until it is published the table stays as it was.
+the table. An ``overwrite`` of an existing table is all or nothing: it does not resume, and until it is
+published the table stays as it was.
 
 The run summary (``<runtime.summary_dir>/<run_id>/summary.json``, path printed) satisfies
 ``docs_in == docs_written + docs_skipped_unchanged + docs_dead_lettered``.

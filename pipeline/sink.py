@@ -167,8 +167,8 @@ class StagedOverwrite:
     ``Overwrite`` commit; with none staged, an empty table). Until then every reader sees the old table.
 
     A run that fails before :meth:`publish` leaves the old table whole, and :meth:`discard` deletes its staged
-    files. Only a driver killed outright leaves them: they are referenced by no version, and ``lateline
-    maintain``'s cleanup deletes them once they are 7 days old (Lance cannot tell younger ones from a write
+    files. Only a driver killed outright leaves them: they are referenced by no version, and Lance's cleanup in
+    ``lateline maintain`` can delete them once they are 7 days old (it cannot tell younger ones from a write
     still in progress).
     """
 
