@@ -14,10 +14,9 @@ from typing import Any
 import pyarrow as pa
 
 from pipeline import schema
-from pipeline.sink import connect, sql_list, table_names
+from pipeline.sink import connect, delete_in, table_names
 
 SUFFIX = "__deadletter"
-DELETE_BATCH = 500
 
 DEAD_LETTERS = pa.schema(
     [
@@ -85,10 +84,7 @@ class DeadLetterLog:
         self.flush()
         if self.name not in table_names(self.db) or not source_uris:
             return
-        table = self.db.open_table(self.name)
-        for start in range(0, len(source_uris), DELETE_BATCH):
-            batch = sql_list(source_uris[start : start + DELETE_BATCH])
-            table.delete(f"run_id != '{self.run_id}' AND {schema.SOURCE_URI} IN ({batch})")
+        delete_in(self.db.open_table(self.name), schema.SOURCE_URI, source_uris, also=f"run_id != '{self.run_id}'")
 
     def withdraw(self) -> None:
         """Drop every letter of this run, queued or written: for a run whose rows were never published (an
@@ -114,9 +110,7 @@ def carry_dead_letters(
         db.create_table(name, data=letters, schema=DEAD_LETTERS)
         return letters.num_rows
     table = db.open_table(name)
-    uris = sorted({u for u in letters[schema.SOURCE_URI].to_pylist() if u})
-    for start in range(0, len(uris), DELETE_BATCH):
-        table.delete(f"{schema.SOURCE_URI} IN ({sql_list(uris[start : start + DELETE_BATCH])})")
+    delete_in(table, schema.SOURCE_URI, sorted({u for u in letters[schema.SOURCE_URI].to_pylist() if u}))
     table.add(letters)
     return letters.num_rows
 

@@ -161,6 +161,13 @@ def sql_list(values: list[str]) -> str:
     return ", ".join("'" + value.replace("'", "''") + "'" for value in values)
 
 
+def delete_in(table: Any, column: str, values: list[str], also: str = "") -> None:
+    """Delete the rows whose ``column`` is one of ``values`` (and that match the SQL condition ``also``), in
+    statements of at most ``DELETE_BATCH`` values."""
+    for start in range(0, len(values), DELETE_BATCH):
+        table.delete(f"{also + ' AND ' if also else ''}{column} IN ({sql_list(values[start : start + DELETE_BATCH])})")
+
+
 class StagedOverwrite:
     """An overwrite of an existing table as one Lance commit. :meth:`stage` writes rows as data files of the
     table's dataset that no version references yet; :meth:`publish` makes exactly those files the table (an
