@@ -454,8 +454,9 @@ def plot(results: dict[str, dict[str, Any]], found: dict[str, float], path: Path
     bars = axes[2].bar(memory, [results[n]["peak_memory_mib"] for n in memory], color="#7a9e7e")
     axes[2].bar_label(bars, fmt="%.0f")
     axes[2].set_title("peak memory (PSS of the process tree), MiB")
-    lines = [f"{k} = {v:.2f}" for k, v in found.items()]
-    figure.suptitle(title + "\n" + ",  ".join(lines), fontsize=9)
+    ratios = [f"{k} = {v:.2f}" for k, v in found.items()]
+    rows = [",  ".join(ratios[start : start + 5]) for start in range(0, len(ratios), 5)]  # fits the width
+    figure.suptitle("\n".join([title, *rows]), fontsize=9)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)

@@ -28,7 +28,7 @@ from pipeline.config import JobConfig
 from pipeline.fingerprint import embedding_settings, settings_digest
 from pipeline.known import KnownDocuments, read_known_documents
 from pipeline.lock import fsspec_options
-from pipeline.manifest import ObjectManifest, object_digest, unchanged_objects
+from pipeline.manifest import ObjectManifest
 from pipeline.model import describe_model, raw_tokenizer
 from pipeline.sink import open_table, read_table_record
 from pipeline.sources import fingerprinted, list_source_objects, objects_table, read_object
@@ -54,7 +54,7 @@ def dry_run(config: JobConfig) -> dict[str, Any]:
     scale = total_bytes / sample["bytes"] if sample["bytes"] else 0.0
     docs, tokens = sample["docs"] * scale, sample["tokens"] * scale
     to_embed = sample["changed_tokens"] * scale
-    reads = _objects_to_read(config, objects, digest, known)
+    reads = len(objects) - len(_unchanged_objects(config, objects, digest, known))
     throughput, fixed_s, basis = _throughput(config, settings, sample["texts"])
     return {
         "source": config.source.uri,
@@ -76,13 +76,13 @@ def dry_run(config: JobConfig) -> dict[str, Any]:
     }
 
 
-def _objects_to_read(config: JobConfig, objects: list, digest: str, known: KnownDocuments) -> int:
-    """How many of ``objects`` a run would read: all but those the object manifest shows unchanged."""
-    if not known:  # no table (or an overwrite): everything is read
-        return len(objects)
-    manifest = ObjectManifest(config.sink.uri, config.sink.table, config.sink.storage_options).load()
-    key = object_digest(digest, config.source)
-    return len(objects) - len(unchanged_objects(objects, manifest, key, known.docs_per_object()))
+def _unchanged_objects(config: JobConfig, objects: list, digest: str, known: KnownDocuments) -> set[str]:
+    """The objects a run would skip, by the run's own rule; without a table there is no manifest to open
+    (opening one would create the sink's folder, and a dry run creates nothing)."""
+    if not known:
+        return set()
+    manifest = ObjectManifest(config.sink.uri, config.sink.table, config.sink.storage_options)
+    return manifest.unchanged(objects, digest, config.source, known)
 
 
 def _warnings(config: JobConfig, sample: dict[str, Any]) -> list[str]:

@@ -38,17 +38,20 @@ class TableLock:
         }
         self.held = False
 
+    def refuse_if_held(self) -> None:
+        """Raise :class:`TableLocked` naming the live holder, if there is one; creates nothing (a cheap check
+        before a job's slow preparation; :meth:`acquire` checks again)."""
+        holder = self.live_holder()
+        if holder is not None:
+            raise TableLocked(self._held_by(holder))
+
     def acquire(self) -> None:
         """Take the lock or raise :class:`TableLocked` naming the live holder."""
         self.fs.makedirs(self.path.rsplit("/", 1)[0], exist_ok=True)
         if self.fs.exists(self.path):
             holder = self._holder()
             if holder is not None and _alive(holder):
-                raise TableLocked(
-                    f"table is being written by run {holder.get('run_id')} (pid {holder.get('pid')} on "
-                    f"{holder.get('host')} since {holder.get('since')}); wait for it to finish, or delete "
-                    f"{self.display} if that job is dead"
-                )
+                raise TableLocked(self._held_by(holder))
             self.fs.rm(self.path)
         try:
             with self.fs.open(self.path, "xb") as handle:
@@ -75,6 +78,13 @@ class TableLock:
         """The job holding this lock now, or ``None`` (no lock, or one left by a dead job)."""
         holder = self._holder() if self.fs.exists(self.path) else None
         return holder if holder is not None and _alive(holder) else None
+
+    def _held_by(self, holder: dict[str, Any]) -> str:
+        return (
+            f"table is being written by run {holder.get('run_id')} (pid {holder.get('pid')} on "
+            f"{holder.get('host')} since {holder.get('since')}); wait for it to finish, or delete "
+            f"{self.display} if that job is dead"
+        )
 
     def _holder(self) -> dict[str, Any] | None:
         try:

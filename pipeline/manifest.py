@@ -22,7 +22,8 @@ import pyarrow as pa
 
 from pipeline import schema
 from pipeline.config import SourceConfig
-from pipeline.sink import DELETE_BATCH, connect, sql_list, table_names
+from pipeline.known import KnownDocuments
+from pipeline.sink import connect, delete_in, table_names
 from pipeline.sources import SourceObject
 
 SUFFIX = "__objects"
@@ -70,9 +71,18 @@ class ObjectManifest:
             return 0
         table = self.db.open_table(self.name)
         before = table.count_rows()
-        for start in range(0, len(paths), DELETE_BATCH):
-            table.delete(f"{schema.SOURCE_URI} IN ({sql_list(paths[start : start + DELETE_BATCH])})")
+        delete_in(table, schema.SOURCE_URI, paths)
         return before - table.count_rows()
+
+    def unchanged(
+        self, objects: list[SourceObject], settings_digest: str, source: SourceConfig, known: KnownDocuments
+    ) -> set[str]:
+        """Paths of ``objects`` a run need not read (see the module doc for the rule); none when the table
+        holds no documents (``known`` is empty: a new table, or an overwrite, which reads everything)."""
+        if not known:
+            return set()
+        key = object_digest(settings_digest, source)
+        return unchanged_objects(objects, self.load(), key, known.docs_per_object())
 
     def clear(self) -> None:
         if self.name in table_names(self.db):

@@ -46,7 +46,7 @@ from pipeline.docids import DocIdSet, batched
 from pipeline.fingerprint import embedding_settings, settings_digest
 from pipeline.known import KnownDocuments
 from pipeline.lock import TableLock
-from pipeline.manifest import ObjectManifest, object_digest, unchanged_objects
+from pipeline.manifest import ObjectManifest, object_digest
 from pipeline.model import ModelIdentity, describe_model
 from pipeline.plan import ActorPlan, build_dataset, size_actor_pool
 from pipeline.sink import LanceSink, recorded_sections
@@ -257,7 +257,9 @@ class RunContext:
     origin: str = ""  # where the objects came from, for the log: source.uri, or the URIs the job was given
 
 
-def prepare(config: JobConfig, job: str, objects: list[SourceObject] | None, limit: int | None) -> RunContext:
+def prepare(
+    config: JobConfig, job: str, objects: list[SourceObject] | None, limit: int | None, run_id: str | None = None
+) -> RunContext:
     """Describe the model, settle the settings and list the source. Raises ``SourceError`` on a bad source,
     ``ConfigError`` on a model that cannot be loaded or an ``overwrite`` by a job that must not remove anything."""
     if config.sink.mode == "overwrite" and job in ("backfill", "replay"):
@@ -271,7 +273,7 @@ def prepare(config: JobConfig, job: str, objects: list[SourceObject] | None, lim
     settings = embedding_settings(config.chunking, config.embedding, identity)
     origin = config.source.uri if objects is None else "the given URIs"
     objects = list_source_objects(config.source) if objects is None else objects
-    return RunContext(config, job, new_run_id(), identity, settings, objects, limit, origin)
+    return RunContext(config, job, run_id or new_run_id(), identity, settings, objects, limit, origin)
 
 
 def run_index(
@@ -282,8 +284,13 @@ def run_index(
     Raises ``SourceError``, ``TableMismatch`` or ``TableLocked`` before any work when the source or the table
     do not fit; other errors propagate after the summary is written.
     """
-    context = prepare(config, job, objects, limit)
-    lock = TableLock(config.sink.uri, config.sink.table, context.run_id, config.sink.storage_options)
+    run_id = new_run_id()
+    lock = TableLock(config.sink.uri, config.sink.table, run_id, config.sink.storage_options)
+    # A second writer is turned away at once, not after describing the model (the driver's torch and
+    # transformers imports) and listing the source; the lock is taken after those, so a bad model or source
+    # writes nothing.
+    lock.refuse_if_held()
+    context = prepare(config, job, objects, limit, run_id)
     with lock:
         dead_letters = DeadLetterLog(config.sink.uri, config.sink.table, context.run_id, config.sink.storage_options)
 
@@ -309,9 +316,8 @@ def _execute(context: RunContext, sink: LanceSink, dead_letters: DeadLetterLog) 
     manifest = ObjectManifest(config.sink.uri, config.sink.table, config.sink.storage_options)
     if config.sink.mode == "overwrite":  # the old table's record goes just before the new table replaces it
         sink.before_publish = manifest.clear
-    skip = set()
-    if context.job != "replay" and known:
-        skip = unchanged_objects(context.objects, manifest.load(), objects_key, known.docs_per_object())
+    # A replay re-reads the objects it is given on purpose.
+    skip = set() if context.job == "replay" else manifest.unchanged(context.objects, digest, config.source, known)
     to_read = [obj for obj in context.objects if obj.path not in skip]
     # A --limit run stops early: it has no share of the source to show.
     sizes = {obj.path: obj.size for obj in to_read} if context.limit is None else {}

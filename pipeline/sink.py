@@ -283,8 +283,7 @@ class LanceSink:
         """Remove every chunk of ``doc_ids`` (one commit per ``DELETE_BATCH`` documents); returns the count."""
         if self.table is None:
             return 0
-        for start in range(0, len(doc_ids), DELETE_BATCH):
-            self.table.delete(f"{schema.DOC_ID} IN ({sql_list(doc_ids[start : start + DELETE_BATCH])})")
+        delete_in(self.table, schema.DOC_ID, doc_ids)
         return len(doc_ids)
 
     def keep_documents(self, doc_ids: DocIdSet) -> None:

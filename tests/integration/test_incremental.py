@@ -19,7 +19,7 @@ import yaml
 from jobs import deadletter as deadletter_job
 from jobs import index as index_job
 from jobs import maintain as maintain_job
-from pipeline import schema
+from pipeline import runner, schema
 from pipeline.deadletters import read_dead_letters
 from pipeline.lock import TableLock
 
@@ -232,10 +232,18 @@ def test_dead_letters_are_stored_listed_and_replayed(ray_session, tmp_path: Path
     assert read_dead_letters(str(tmp_path / "db"), "chunks").num_rows == 0
 
 
-def test_a_second_writer_is_refused_while_the_first_holds_the_table(ray_session, tmp_path: Path, capsys) -> None:
+def test_a_second_writer_is_refused_while_the_first_holds_the_table(
+    ray_session, tmp_path: Path, capsys, monkeypatch
+) -> None:
     _write_corpus(tmp_path / "src", {"lambda": topics["lambda"]})
     config = str(_config(tmp_path, str(tmp_path / "src")))
-    with TableLock(str(tmp_path / "db"), "chunks", "run-holding-it"):
+
+    def not_before_the_lock(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model was described and the source listed before the lock was checked")
+
+    with TableLock(str(tmp_path / "db"), "chunks", "run-holding-it"), monkeypatch.context() as patched:
+        # Refused at once: describing the model and listing the source took 5-15 s before the lock was checked.
+        patched.setattr(runner, "prepare", not_before_the_lock)
         assert index_job.main(["--config", config]) == 4
         assert "run-holding-it" in capsys.readouterr().err
     assert index_job.main(["--config", config]) == 0

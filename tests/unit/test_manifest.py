@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from pipeline import manifest as manifest_module
+from pipeline import sink as sink_module
 from pipeline.config import SourceConfig
 from pipeline.manifest import ObjectManifest, object_digest, unchanged_objects
 from pipeline.sources import SourceObject
@@ -59,7 +59,7 @@ def test_forget_deletes_just_the_named_objects_whatever_their_characters(tmp_pat
 
 
 def test_forget_handles_more_objects_than_one_statement_takes(tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr(manifest_module, "DELETE_BATCH", 2)
+    monkeypatch.setattr(sink_module, "DELETE_BATCH", 2)
     manifest = ObjectManifest(str(tmp_path / "db"), "chunks")
     row = {"etag": "e", "size": 1, "settings_digest": "d", "doc_count": 1, "run_id": "r"}
     manifest.record([{"source_uri": f"s3://b/{i}.jsonl", **row} for i in range(7)])
