@@ -54,7 +54,8 @@ def dry_run(config: JobConfig) -> dict[str, Any]:
     scale = total_bytes / sample["bytes"] if sample["bytes"] else 0.0
     docs, tokens = sample["docs"] * scale, sample["tokens"] * scale
     to_embed = sample["changed_tokens"] * scale
-    reads = len(objects) - len(_unchanged_objects(config, objects, digest, known))
+    manifest = ObjectManifest(config.sink.uri, config.sink.table, config.sink.storage_options)
+    reads = len(objects) - len(manifest.unchanged(objects, digest, config.source, known))
     throughput, fixed_s, basis = _throughput(config, settings, sample["texts"])
     return {
         "source": config.source.uri,
@@ -74,15 +75,6 @@ def dry_run(config: JobConfig) -> dict[str, Any]:
         "table": f"{config.sink.uri}/{config.sink.table}",
         "warnings": _warnings(config, sample),
     }
-
-
-def _unchanged_objects(config: JobConfig, objects: list, digest: str, known: KnownDocuments) -> set[str]:
-    """The objects a run would skip, by the run's own rule; without a table there is no manifest to open
-    (opening one would create the sink's folder, and a dry run creates nothing)."""
-    if not known:
-        return set()
-    manifest = ObjectManifest(config.sink.uri, config.sink.table, config.sink.storage_options)
-    return manifest.unchanged(objects, digest, config.source, known)
 
 
 def _warnings(config: JobConfig, sample: dict[str, Any]) -> list[str]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
+from functools import cached_property
 from typing import Any
 
 import pyarrow as pa
@@ -41,8 +42,14 @@ MANIFEST = pa.schema(
 
 class ObjectManifest:
     def __init__(self, uri: str, table: str, storage_options: dict[str, Any] | None = None) -> None:
-        self.db = connect(uri, storage_options)
+        self.uri, self.storage_options = uri, storage_options
         self.name = f"{table}{SUFFIX}"
+
+    @cached_property
+    def db(self) -> Any:
+        """The sink's database, connected at first use (connecting creates a local sink's folder, which a dry
+        run must not do when there is nothing to look up)."""
+        return connect(self.uri, self.storage_options)
 
     def load(self) -> dict[str, dict[str, Any]]:
         if self.name not in table_names(self.db):
