@@ -5,10 +5,10 @@ the heap, activations of varied shapes leave it resident at its high-water mark,
 the actor's resident memory near what is live, and its peak flat as a corpus grows (throughput.py's memory
 check). The price: the next forward faults every handed-back page in again, and on the development VM (a virtio
 balloon, through which freed memory can go back to the host) touching fresh anonymous memory costs 3.1-4.3 us a
-page. This benchmark embeds the same corpus the way a CPU actor does (late mode, 256-document blocks, the actor
-plan's forward passes at once) under each policy, in one process, interleaved over ``--repeats`` rounds, and
-prints per policy: seconds, page faults, peak RSS during its runs, and the time against the library's policy
-(``per_batch``).
+page (this benchmark measures it first). This benchmark embeds the same corpus the way a CPU actor does (late
+mode, 256-document blocks, the actor plan's forward passes at once) under each policy, in one process,
+interleaved over ``--repeats`` rounds, and prints per policy: seconds, page faults, peak RSS during its runs,
+and the time against the library's policy (``per_batch``).
 
 The corpus is ``throughput.py``'s (pydoc prose, 300 to 12,000 chars); the model is ``configs/local.yaml``'s.
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import mmap
 import os
 import resource
 import sys
@@ -89,6 +90,19 @@ class PeakRss:
         return self.peak / 2**20
 
 
+def fresh_page_cost_us(mib: int = 256, repeats: int = 3) -> float:
+    """Microseconds to fault in one fresh 4 KiB page of anonymous memory (the best of ``repeats`` rounds over
+    ``mib`` MiB): what each page a trim handed back costs the next forward."""
+    size, best = mib * 2**20, float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        with mmap.mmap(-1, size) as memory:
+            for offset in range(0, size, 4096):
+                memory[offset] = 1
+        best = min(best, time.perf_counter() - started)
+    return best / (size // 4096) * 1e6
+
+
 def embed_in_blocks(embedder: ChunkEmbedder, inputs: list[Any], after_block: Callable[[], None] = lambda: None) -> None:
     for start in range(0, len(inputs), BLOCK_DOCS):
         embedder.embed(inputs[start : start + BLOCK_DOCS])
@@ -136,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{actors.threads_per_forward} thread(s), {BLOCK_DOCS}-document blocks",
         flush=True,
     )
+    page_us = fresh_page_cost_us()
+    print(f"a fresh page costs {page_us:.2f} us to fault in here", flush=True)
     runs: dict[str, list[dict[str, float]]] = {policy: [] for policy in POLICIES}
     for round_number in range(args.repeats):
         for policy in POLICIES:
@@ -153,7 +169,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{policy:10s} {row['best_seconds']:7.1f} {row['time_vs_per_batch']:11.3f}x "
             f"{row['median_page_faults']:>12,} {row['max_peak_rss_mib']:13.0f}"
         )
-    args.out.write_text(json.dumps({"docs": args.docs, "runs": runs, "summary": summary}, indent=2))
+    args.out.write_text(
+        json.dumps({"docs": args.docs, "fresh_page_us": page_us, "runs": runs, "summary": summary}, indent=2)
+    )
     print(f"\nwrote {args.out}")
     return 0
 
