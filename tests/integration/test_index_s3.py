@@ -148,7 +148,7 @@ def test_table_records_model_and_settings(indexed: dict) -> None:
     record = json.loads(table.schema.metadata[schema.TABLE_METADATA_KEY])
     assert record["model"]["dim"] == 384 and record["model"]["name"] == "sentence-transformers/all-MiniLM-L6-v2"
     assert record["settings"]["chunker"] == {"strategy": "sentences@v1", "size": 96, "sentences_per_chunk": 4}
-    assert record["settings"]["pooling"]["mode"] == "late@v1"
+    assert record["settings"]["pooling"]["mode"] == "late@v2"
 
 
 @pytest.mark.parametrize(

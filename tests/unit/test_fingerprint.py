@@ -88,7 +88,7 @@ def test_settings_that_do_not_shape_vectors_are_left_out() -> None:
 def test_settings_name_versioned_strategy_and_pooling() -> None:
     settings = embedding_settings(CHUNKING, EMBEDDING, IDENTITY)
     assert settings["chunker"]["strategy"] == "tokens@v1"
-    assert settings["pooling"]["mode"] == "late@v1"
+    assert settings["pooling"]["mode"] == "late@v2"
     assert settings_digest(settings) == settings_digest(dict(reversed(list(settings.items()))))  # key order
 
 

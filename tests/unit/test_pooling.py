@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.chunking import token_windows
 from pipeline.pooling import (
     EncodePlan,
     Frame,
@@ -90,8 +91,9 @@ def test_a_document_that_fits_is_one_window() -> None:
 
 
 def test_long_document_windows_example() -> None:
-    windows = macro_windows(21, 20, 6)
-    assert windows == [Window(0, 20, 0, 10), Window(1, 21, 10, 21)]  # the last window is shifted back to be full
+    # two windows are needed; both are 14 tokens (21 + 6 shared = 27 over two), cut in the middle of the overlap
+    assert macro_windows(21, 20, 6) == [Window(0, 14, 0, 10), Window(7, 21, 10, 21)]
+    assert macro_windows(40, 20, 6) == [Window(0, 18, 0, 14), Window(11, 29, 14, 25), Window(22, 40, 25, 40)]
 
 
 @pytest.mark.parametrize("overlap", [20, 25])
@@ -117,7 +119,12 @@ def test_macro_window_properties(seed: int) -> None:
             assert 0 <= window.end - window.start <= capacity
             assert window.start <= window.keep_start <= window.keep_end <= window.end
         if n > capacity:
-            assert all(w.end - w.start == capacity for w in windows)
+            # the fewest windows that can cover n with `overlap` shared tokens, all of the shortest such length
+            assert len(windows) == len(token_windows(n, capacity, overlap))
+            length = windows[0].end - windows[0].start
+            assert all(w.end - w.start == length for w in windows)
+            assert (length - 1) * len(windows) < n + (len(windows) - 1) * overlap
+            assert all(previous.end - current.start >= overlap for previous, current in itertools.pairwise(windows))
             assert all(w.keep_end > w.keep_start for w in windows)
 
 
