@@ -88,8 +88,8 @@ class ModelConfig(_Strict):
 
 class EmbeddingConfig(_Strict):
     """``late``: one forward over the whole document, chunk vectors pooled from its token states.
-    ``naive``: every chunk embedded on its own. ``window_overlap``: tokens shared by neighbouring macro
-    windows when a document is longer than the model window (long late chunking)."""
+    ``naive``: every chunk embedded on its own. ``window_overlap``: the least tokens neighbouring macro
+    windows share when a document is longer than the model window (long late chunking)."""
 
     mode: Literal["late", "naive"] = "late"
     document_prefix: str = ""
