@@ -126,6 +126,9 @@ def test_macro_window_properties(seed: int) -> None:
             assert (length - 1) * len(windows) < n + (len(windows) - 1) * overlap
             assert all(previous.end - current.start >= overlap for previous, current in itertools.pairwise(windows))
             assert all(w.keep_end > w.keep_start for w in windows)
+            for w in windows:  # a kept token sees at least half the overlap on each side that is not a document end
+                assert w.start == 0 or w.keep_start - w.start >= overlap // 2
+                assert w.end == n or w.end - w.keep_end >= overlap // 2
 
 
 @pytest.mark.parametrize("seed", range(3))
