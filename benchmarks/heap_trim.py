@@ -1,18 +1,24 @@
-"""When a CPU embedder hands freed heap back to the OS: after every micro-batch, once per block, or never.
+"""When a CPU embedder hands freed heap back to the OS: when its resident memory grew, after every micro-batch,
+once per block, or never.
 
-The library trims (``malloc_trim``) after every micro-batch on CPUs, once 64 MiB of freed heap sit idle. Kept on
-the heap, activations of varied shapes leave it resident at its high-water mark, holes included. Trimming keeps
-the actor's resident memory near what is live, and its peak flat as a corpus grows (throughput.py's memory
-check). The price: the next forward faults every handed-back page in again, and on the development VM (a virtio
-balloon, through which freed memory can go back to the host) touching fresh anonymous memory costs 3.1-4.3 us a
-page (this benchmark measures it first). This benchmark embeds the same corpus the way a CPU actor does (late
-mode, 256-document blocks, the actor plan's forward passes at once) under each policy, in one process,
-interleaved over ``--repeats`` rounds, and prints per policy: seconds, page faults, peak RSS during its runs,
-and the time against the library's policy (``per_batch``).
+Kept on the heap, activations of varied shapes leave it resident at its high-water mark, holes included, and the
+heap creeps up with new shapes. Trimming (``malloc_trim``) keeps the actor's resident memory near what is live,
+and its peak flat as a corpus grows (throughput.py's memory check). The price: the next forward faults every
+handed-back page in again, and on the development VM (a virtio balloon, through which freed memory can go back to
+the host) touching fresh anonymous memory costs 3.1-4.3 us a page (this benchmark measures it first). The library
+(``on_growth``, :class:`pipeline.embedding.HeapTrimmer`) trims after a micro-batch only once the resident set grew
+128 MiB since the last trim; ``per_batch`` trims after every one (the library's policy until 2026-12-02).
+
+This benchmark embeds the same corpus the way a CPU actor does (late mode, 256-document blocks, the actor plan's
+forward passes at once) under each policy, in one process, interleaved over ``--repeats`` rounds, and prints per
+policy: seconds, page faults, peak RSS during its runs, and the time against the library's policy. Each round also
+times ``bare_forward``: the encoder alone over the same late-mode sequences, sorted and packed as one plan (no
+blocks, no pooling, no trim), as throughput.py's ceiling runs them, so the embedder's own cost over the bare
+forward shows in one process.
 
 The corpus is ``throughput.py``'s (pydoc prose, 300 to 12,000 chars); the model is ``configs/local.yaml``'s.
 
-    python benchmarks/heap_trim.py                 # 512 documents, 2 rounds, about 4 minutes
+    python benchmarks/heap_trim.py                 # 512 documents, 2 rounds, about 5 minutes
     python benchmarks/heap_trim.py --docs 1024 --repeats 3
 """
 
@@ -35,28 +41,33 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from throughput import CHUNK_TOKENS, lateline_config, make_corpus  # noqa: E402
+import torch  # noqa: E402
+from throughput import CHUNK_TOKENS, lateline_config, make_corpus, time_forwards  # noqa: E402
 
 from pipeline import embedding  # noqa: E402
+from pipeline.batching import pack_by_token_budget  # noqa: E402
 from pipeline.chunking import chunk_spans  # noqa: E402
-from pipeline.embedding import FREE_HEAP_SLACK, ChunkEmbedder  # noqa: E402
+from pipeline.embedding import FREE_HEAP_SLACK, ChunkEmbedder, HeapTrimmer  # noqa: E402
 from pipeline.model import load_model, raw_tokenizer  # noqa: E402
 from pipeline.plan import size_actor_pool  # noqa: E402
 
 BLOCK_DOCS = 256
-POLICIES = ("per_batch", "per_block", "never")  # the library's first
+POLICIES = ("on_growth", "per_batch", "per_block", "never")  # the library's first
+BARE = "bare_forward"
+ALWAYS = -(2**62)  # a slack no change of the resident set stays within: trim after every micro-batch
 
 
 @contextmanager
-def trim_policy(policy: str) -> Iterator[Callable[[], None]]:
-    """The library trims after every micro-batch (``per_batch``). ``per_block`` and ``never`` turn that off;
-    the context yields what to call after each block (a trim for ``per_block``)."""
+def trim_policy(policy: str, embedder: ChunkEmbedder) -> Iterator[Callable[[], None]]:
+    """Set ``embedder`` up for ``policy``; the context yields what to call after each block (a trim for
+    ``per_block``)."""
     original_release = embedding.release_freed_memory
     after_block: Callable[[], None] = lambda: None  # noqa: E731
-    if policy != "per_batch":
-        embedding.release_freed_memory = lambda keep_bytes=0: True
+    embedder.heap_trimmer = HeapTrimmer(ALWAYS if policy == "per_batch" else FREE_HEAP_SLACK)
+    if policy in ("per_block", "never"):
+        embedding.release_freed_memory = lambda: True
     if policy == "per_block":
-        after_block = lambda: original_release(FREE_HEAP_SLACK)  # noqa: E731
+        after_block = original_release
     try:
         yield after_block
     finally:
@@ -112,10 +123,23 @@ def embed_in_blocks(embedder: ChunkEmbedder, inputs: list[Any], after_block: Cal
 def measure(policy: str, embedder: ChunkEmbedder, inputs: list[Any]) -> dict[str, float]:
     embedding.release_freed_memory()  # each policy starts from a trimmed heap, not the last one's leftovers
     faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    with trim_policy(policy) as after_block, PeakRss() as rss:
+    with trim_policy(policy, embedder) as after_block, PeakRss() as rss:
         started = time.perf_counter()
         embed_in_blocks(embedder, inputs, after_block)
         seconds = time.perf_counter() - started
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before
+    return {"seconds": seconds, "page_faults": faults, "peak_rss_mib": rss.peak_mib}
+
+
+def measure_bare(embedder: ChunkEmbedder, inputs: list[Any]) -> dict[str, float]:
+    """The encoder alone over ``inputs``' late-mode sequences, packed as one plan, the actor's forward passes
+    at once (throughput.py's ceiling)."""
+    sequences = embedder.plan(inputs).sequences
+    batches = list(pack_by_token_budget([len(s) for s in sequences], embedder.max_tokens, embedder.max_sequences))
+    embedding.release_freed_memory()
+    faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    with PeakRss() as rss:
+        seconds = time_forwards(embedder, sequences, batches, torch.get_num_threads(), embedder.parallel_batches)
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before
     return {"seconds": seconds, "page_faults": faults, "peak_rss_mib": rss.peak_mib}
 
@@ -126,8 +150,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=2, help="rounds over the three policies, interleaved")
     parser.add_argument("--out", type=Path, default=Path("heap_trim.json"), help="JSON results")
     args = parser.parse_args(argv)
-
-    import torch
 
     config = lateline_config(Path("/nonexistent"), "/nonexistent", "late", "heap-trim")
     actors = size_actor_pool(config.runtime, os.cpu_count() or 1, 0)
@@ -152,21 +174,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     page_us = fresh_page_cost_us()
     print(f"a fresh page costs {page_us:.2f} us to fault in here", flush=True)
-    runs: dict[str, list[dict[str, float]]] = {policy: [] for policy in POLICIES}
+    runs: dict[str, list[dict[str, float]]] = {policy: [] for policy in (*POLICIES, BARE)}
     for round_number in range(args.repeats):
-        for policy in POLICIES:
-            result = measure(policy, embedder, inputs)
+        for policy in (*POLICIES, BARE):
+            result = measure_bare(embedder, inputs) if policy == BARE else measure(policy, embedder, inputs)
             runs[policy].append(result)
             print(
-                f"  round {round_number + 1} {policy:9s} {result['seconds']:7.1f} s  "
+                f"  round {round_number + 1} {policy:12s} {result['seconds']:7.1f} s  "
                 f"{result['page_faults']:>10,} page faults  peak RSS {result['peak_rss_mib']:6.0f} MiB",
                 flush=True,
             )
     summary = summarise(runs)
-    print(f"\n{'policy':10s} {'best s':>7s} {'vs per_batch':>12s} {'page faults':>12s} {'peak RSS MiB':>13s}")
+    print(f"\n{'policy':12s} {'best s':>7s} {'vs library':>12s} {'page faults':>12s} {'peak RSS MiB':>13s}")
     for policy, row in summary.items():
         print(
-            f"{policy:10s} {row['best_seconds']:7.1f} {row['time_vs_per_batch']:11.3f}x "
+            f"{policy:12s} {row['best_seconds']:7.1f} {row['time_vs_library']:11.3f}x "
             f"{row['median_page_faults']:>12,} {row['max_peak_rss_mib']:13.0f}"
         )
     args.out.write_text(
@@ -177,15 +199,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def summarise(runs: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, float]]:
-    """Per policy: its best time (the least disturbed round), that time over ``per_batch``'s best (the
-    library's policy), its median page faults and its highest peak RSS."""
+    """Per policy: its best time (the least disturbed round), that time over the library policy's best, its
+    median page faults and its highest peak RSS."""
     best = {policy: min(r["seconds"] for r in results) for policy, results in runs.items()}
     summary = {}
     for policy, results in runs.items():
         faults = sorted(int(r["page_faults"]) for r in results)  # the lower median of an even count
         summary[policy] = {
             "best_seconds": round(best[policy], 2),
-            "time_vs_per_batch": round(best[policy] / best["per_batch"], 3),
+            "time_vs_library": round(best[policy] / best[POLICIES[0]], 3),
             "median_page_faults": faults[(len(faults) - 1) // 2],
             "max_peak_rss_mib": round(max(r["peak_rss_mib"] for r in results)),
         }

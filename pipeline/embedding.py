@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import dataclasses
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -28,7 +29,8 @@ from pipeline.batching import pack_by_token_budget
 from pipeline.model import LoadedModel, raw_tokenizer
 from pipeline.pooling import EncodePlan, Piece, l2_normalize, piece_sums, plan_late, plan_naive
 
-FREE_HEAP_SLACK = 64 * 2**20  # bytes of freed heap a CPU actor keeps between micro-batches (see release_freed_memory)
+FREE_HEAP_SLACK = 128 * 2**20  # resident growth a CPU actor allows between heap trims (see HeapTrimmer)
+_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 _TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -43,40 +45,58 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
 
-class _Mallinfo2(ctypes.Structure):
-    """glibc's ``struct mallinfo2`` (2.33+): heap statistics summed over all arenas."""
-
-    _fields_ = [
-        (name, ctypes.c_size_t)
-        for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks")
-    ] + [("keepcost", ctypes.c_size_t)]
-
-
 @lru_cache(maxsize=1)
 def _libc() -> Any:
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     except OSError:
         return None
-    if not hasattr(libc, "malloc_trim"):
-        return None
-    if hasattr(libc, "mallinfo2"):
-        libc.mallinfo2.restype = _Mallinfo2
-    return libc
+    return libc if hasattr(libc, "malloc_trim") else None
 
 
-def release_freed_memory(keep_bytes: int = 0) -> bool:
-    """Hand memory glibc holds after ``free`` back to the OS (``malloc_trim``) once more than ``keep_bytes`` of it
-    sit free on the heap. Each CPU forward allocates and frees activations of varied shapes; kept on the heap,
-    they fragment it and raise the actor's peak (measured on a 256-document block: ~850 MiB without, ~710 MiB
-    when trimming after each micro-batch). A little slack spares the next forward from faulting its pages in
-    again. Returns False where this is not glibc."""
+def release_freed_memory() -> bool:
+    """Hand the memory glibc holds after ``free`` back to the OS (``malloc_trim``). Returns False where this is
+    not glibc."""
     libc = _libc()
-    if libc is None:
-        return False
-    if keep_bytes and hasattr(libc, "mallinfo2") and libc.mallinfo2().fordblks <= keep_bytes:
-        return True
-    return libc.malloc_trim(0) is not None
+    return libc is not None and libc.malloc_trim(0) is not None
+
+
+def resident_bytes() -> int:
+    """This process's resident set (0 where ``/proc`` is missing)."""
+    try:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * _PAGE_BYTES
+    except OSError:
+        return 0
+
+
+@dataclass
+class HeapTrimmer:
+    """Trims the heap (:func:`release_freed_memory`) after a CPU micro-batch once the process's resident memory
+    has grown more than ``slack_bytes`` since the last trim (the first micro-batch always trims).
+
+    Each CPU forward allocates and frees activations of varied shapes; glibc keeps what is freed, and the heap
+    fragments and creeps up with every new shape: kept, it let an actor's peak follow the heaviest block, so
+    peak memory grew with the corpus (10x the corpus, 1.29x the peak). Trimming after every micro-batch kept it
+    flat but made the next forward fault every handed-back page in again (1.2-1.7M page faults per 512 late-mode
+    documents, at about 4 us each on the development VM, 10% of the embedding time; benchmarks/heap_trim.py).
+    Trimming on growth only pays when the heap actually crept. Thread-safe: micro-batches run in threads."""
+
+    slack_bytes: int = FREE_HEAP_SLACK
+    trims: int = 0
+    _resident_after_trim: int | None = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def after_micro_batch(self) -> bool:
+        """Trim if the resident set grew past the slack since the last trim; True when it trimmed."""
+        with self._lock:
+            last = self._resident_after_trim
+            if last is not None and resident_bytes() - last <= self.slack_bytes:
+                return False
+            release_freed_memory()
+            self._resident_after_trim = resident_bytes()
+            self.trims += 1
+            return True
 
 
 def _release_device_memory() -> None:
@@ -113,6 +133,7 @@ class ChunkEmbedder:
     stats: ForwardStats = field(default_factory=ForwardStats)
     _stats_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
     _pool: ThreadPoolExecutor | None = field(default=None, init=False, repr=False, compare=False)
+    heap_trimmer: HeapTrimmer = field(default_factory=HeapTrimmer, repr=False, compare=False)
 
     def plan(self, docs: Sequence[tuple[Sequence[int], Sequence[tuple[int, int]]]]) -> EncodePlan:
         """The sequences and pieces for ``docs`` (each ``(input_ids, token spans)``) in this embedder's mode."""
@@ -161,7 +182,7 @@ class ChunkEmbedder:
         def forward(batch: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
             results = self._forward_or_split(plan.sequences, batch, pieces_by_sequence)
             if on_cpu:
-                release_freed_memory(FREE_HEAP_SLACK)
+                self.heap_trimmer.after_micro_batch()
             return results
 
         batches = pack_by_token_budget(lengths, self.max_tokens, self.max_sequences)
