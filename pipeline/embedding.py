@@ -78,7 +78,7 @@ class HeapTrimmer:
     Each CPU forward allocates and frees activations of varied shapes; glibc keeps what is freed, and the heap
     fragments and creeps up with every new shape: kept, it let an actor's peak follow the heaviest block, so
     peak memory grew with the corpus (10x the corpus, 1.29x the peak). Trimming after every micro-batch kept it
-    flat but made the next forward fault every handed-back page in again (1.2-1.7M page faults per 512 late-mode
+    flat but made the next forward fault every handed-back page in again (1.6-1.8M page faults per 512 late-mode
     documents, at about 4 us each on the development VM, 10% of the embedding time; benchmarks/heap_trim.py).
     Trimming on growth only pays when the heap actually crept. Thread-safe: micro-batches run in threads."""
 
