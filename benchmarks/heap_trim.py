@@ -121,14 +121,11 @@ def embed_in_blocks(embedder: ChunkEmbedder, inputs: list[Any], after_block: Cal
 
 
 def measure(policy: str, embedder: ChunkEmbedder, inputs: list[Any]) -> dict[str, float]:
-    embedding.release_freed_memory()  # each policy starts from a trimmed heap, not the last one's leftovers
-    faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    with trim_policy(policy, embedder) as after_block, PeakRss() as rss:
-        started = time.perf_counter()
-        embed_in_blocks(embedder, inputs, after_block)
-        seconds = time.perf_counter() - started
-    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before
-    return {"seconds": seconds, "page_faults": faults, "peak_rss_mib": rss.peak_mib}
+    def run() -> float:  # the policy is set after _measured's starting trim, which it may turn off
+        with trim_policy(policy, embedder) as after_block:
+            return _timed(lambda: embed_in_blocks(embedder, inputs, after_block))
+
+    return _measured(run)
 
 
 def measure_bare(embedder: ChunkEmbedder, inputs: list[Any]) -> dict[str, float]:
@@ -136,10 +133,23 @@ def measure_bare(embedder: ChunkEmbedder, inputs: list[Any]) -> dict[str, float]
     at once (throughput.py's ceiling)."""
     sequences = embedder.plan(inputs).sequences
     batches = list(pack_by_token_budget([len(s) for s in sequences], embedder.max_tokens, embedder.max_sequences))
+    threads = torch.get_num_threads()
+    return _measured(lambda: time_forwards(embedder, sequences, batches, threads, embedder.parallel_batches))
+
+
+def _timed(work: Callable[[], Any]) -> float:
+    started = time.perf_counter()
+    work()
+    return time.perf_counter() - started
+
+
+def _measured(run: Callable[[], float]) -> dict[str, float]:
+    """Seconds (what ``run`` returns), page faults and peak RSS of ``run``, from a trimmed heap (so no run starts
+    with the last one's leftovers)."""
     embedding.release_freed_memory()
     faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     with PeakRss() as rss:
-        seconds = time_forwards(embedder, sequences, batches, torch.get_num_threads(), embedder.parallel_batches)
+        seconds = run()
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before
     return {"seconds": seconds, "page_faults": faults, "peak_rss_mib": rss.peak_mib}
 
