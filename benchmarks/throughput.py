@@ -406,6 +406,9 @@ def ratios(results: dict[str, dict[str, Any]]) -> dict[str, float]:
             out[f"ceiling_vs_{other.replace('-', '_')}"] = speed("raw", other)
     if "late" in results and "raw" in results:
         out["late_share_of_ceiling"] = speed("late", "raw")
+        # The pipeline's forward passes alone against the ceiling: what a long backfill approaches, once Ray's
+        # start, the model load and the first block's wait (a fixed cost, `other` in the phases) are spread thin.
+        out["late_forward_share_of_ceiling"] = results["raw"]["wall_s"] / results["late"]["phases_s"]["forward"]
         raw = results["raw"]
         peak = raw["matmul_peak_gflops"][raw["dtype"]] * 1e9
         for name in ("late", "raw"):

@@ -13,6 +13,10 @@ import pyarrow as pa
 DOC_ID = "doc_id"
 TEXT = "text"
 SOURCE_URI = "source_uri"
+# Where a good record sits in its object: ``line 12`` (JSONL), ``row 3`` (Parquet), ``file`` (a text file); null
+# for a document rebuilt from a table (re-embed) and for a skipped record (its ``error_detail`` starts with it).
+# It travels with the rows to the sink, which names the dropped copy of a duplicate id by it; it is not stored.
+LOCATION = "location"
 METADATA = "metadata"  # JSON object of the configured pass-through fields
 ERROR = "error"  # reason code of a record that is skipped; null for a good record
 ERROR_DETAIL = "error_detail"  # where (file line / row) and what went wrong
@@ -26,6 +30,7 @@ DOCUMENTS = pa.schema(
         pa.field(DOC_ID, pa.string()),
         pa.field(TEXT, pa.string()),
         pa.field(SOURCE_URI, pa.string()),
+        pa.field(LOCATION, pa.string()),
         pa.field(METADATA, pa.string()),
         pa.field(ERROR, pa.string()),
         pa.field(ERROR_DETAIL, pa.string()),
@@ -96,9 +101,9 @@ def chunk_schema(dim: int, vector_dtype: str = "float32") -> pa.Schema:
 
 
 def embedded_schema(dim: int) -> pa.Schema:
-    """What the embedder emits: stored chunk columns plus the skip columns (rows of skipped documents carry
-    ``error`` and a null vector; the sink counts them and never stores them)."""
-    skip_columns = [pa.field(name, pa.string()) for name in (ERROR, ERROR_DETAIL, SNIPPET)]
+    """What the embedder emits: stored chunk columns, each row's ``location`` in its object, and the skip columns
+    (rows of skipped documents carry ``error`` and a null vector; the sink counts them and never stores them)."""
+    skip_columns = [pa.field(name, pa.string()) for name in (LOCATION, ERROR, ERROR_DETAIL, SNIPPET)]
     return pa.schema([*list(chunk_schema(dim)), *skip_columns])
 
 

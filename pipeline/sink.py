@@ -43,6 +43,23 @@ DUPLICATE_SNIPPET_CHARS = 200
 DUPLICATE_DETAIL = "this document id appeared more than once in the source; one copy was kept"
 
 
+def duplicate_detail(location: str | None) -> str:
+    """The dead-letter detail of a dropped copy of a duplicate id: ``line 12: this document id ...``."""
+    return f"{location}: {DUPLICATE_DETAIL}" if location else DUPLICATE_DETAIL
+
+
+def _first_chunk_locations(chunks: pa.Table) -> dict[str, list[str | None]]:
+    """doc id -> the ``location`` of each of its chunk-0 rows in ``chunks``, in row order (one per copy);
+    empty when ``chunks`` has no ``location`` column."""
+    if schema.LOCATION not in chunks.column_names:
+        return {}
+    firsts = chunks.filter(pc.equal(chunks[schema.CHUNK_INDEX], 0))
+    locations: dict[str, list[str | None]] = {}
+    for doc, location in zip(firsts[schema.DOC_ID].to_pylist(), firsts[schema.LOCATION].to_pylist()):
+        locations.setdefault(doc, []).append(location)
+    return locations
+
+
 class TableMismatch(RuntimeError):
     """The table was built with another model or other settings than this job's."""
 
@@ -304,7 +321,8 @@ class LanceSink:
         for row in skip_rows:
             doc = row[schema.DOC_ID]
             if row[schema.ERROR] == schema.UNCHANGED and doc in taken:
-                row = {**row, schema.ERROR: "duplicate_doc_id", schema.ERROR_DETAIL: DUPLICATE_DETAIL}
+                detail = duplicate_detail(row.get(schema.LOCATION))
+                row = {**row, schema.ERROR: "duplicate_doc_id", schema.ERROR_DETAIL: detail}
             elif row[schema.ERROR] == schema.UNCHANGED:
                 taken.add(doc)  # a second copy in the same batch is a duplicate too
                 self.kept_docs.add(doc)
@@ -317,8 +335,11 @@ class LanceSink:
         return [bool(hit) or doc in self.partial for doc, hit in zip(docs, found)]
 
     def write(self, chunks: pa.Table) -> list[dict[str, Any]]:
-        """Queue chunk rows; commit when a bound is reached. Returns rows of duplicate documents dropped."""
-        complete, duplicates = self._complete_documents(chunks.select(self.schema.names).cast(self.schema))
+        """Queue chunk rows; commit when a bound is reached. Returns rows of duplicate documents dropped.
+        ``chunks`` may carry a ``location`` column (where each row's record sits in its object): a dropped
+        copy's dead letter names it. Only the stored schema's columns are kept."""
+        locations = _first_chunk_locations(chunks)
+        complete, duplicates = self._complete_documents(chunks.select(self.schema.names).cast(self.schema), locations)
         if complete.num_rows:
             self.ready.append(complete)
             self.ready_rows += complete.num_rows
@@ -328,7 +349,9 @@ class LanceSink:
             self.commit()
         return duplicates
 
-    def _complete_documents(self, chunks: pa.Table) -> tuple[pa.Table, list[dict[str, Any]]]:
+    def _complete_documents(
+        self, chunks: pa.Table, locations: dict[str, list[str | None]]
+    ) -> tuple[pa.Table, list[dict[str, Any]]]:
         counts = chunks.group_by(schema.DOC_ID).aggregate([(schema.CHUNK_ID, "count"), (schema.CHUNK_COUNT, "max")])
         docs, arrived, expected_counts = (counts.column(i).to_pylist() for i in range(3))
         earlier = self.seen_docs.contains(docs) | self.kept_docs.contains(docs)
@@ -344,7 +367,7 @@ class LanceSink:
         self.seen_docs.update(whole)
         released = [self._hold(doc, chunks) for doc in held]
         complete = pa.concat_tables([complete, *[t for t in released if t is not None]])
-        return complete, self._duplicate_rows(duplicates, chunks)
+        return complete, self._duplicate_rows(duplicates, chunks, locations)
 
     def _repeats_held(self, doc: str, chunks: pa.Table) -> bool:
         """Whether ``chunks`` bring a chunk of ``doc`` that is already held: a second copy, not the rest."""
@@ -364,14 +387,20 @@ class LanceSink:
         self.seen_docs.add(doc)
         return parts
 
-    def _duplicate_rows(self, docs: list[str], chunks: pa.Table) -> list[dict[str, Any]]:
+    def _duplicate_rows(
+        self, docs: list[str], chunks: pa.Table, locations: dict[str, list[str | None]]
+    ) -> list[dict[str, Any]]:
         """One ``duplicate_doc_id`` row per dropped copy, counted by its chunk 0: a copy whose chunks span
-        several blocks is reported once, in the block that holds its first chunk."""
+        several blocks is reported once, in the block that holds its first chunk. Its detail starts with the
+        copy's location when ``locations`` (see :func:`_first_chunk_locations`) has it."""
         rows = []
         for doc in docs:
             of_doc = chunks.filter(pc.equal(chunks[schema.DOC_ID], doc))
             firsts = of_doc.filter(pc.equal(of_doc[schema.CHUNK_INDEX], 0))
-            copies = list(zip(firsts[schema.SOURCE_URI].to_pylist(), firsts[schema.TEXT].to_pylist()))
+            uris = firsts[schema.SOURCE_URI].to_pylist()
+            found = locations.get(doc, [])
+            located = [*found, *[None] * (len(uris) - len(found))]
+            copies = list(zip(uris, firsts[schema.TEXT].to_pylist(), located))
             if not self._taken([doc])[0]:  # both copies in one block: keep the first
                 self.ready.append(self._first_copy(of_doc))
                 self.ready_rows += self.ready[-1].num_rows
@@ -382,10 +411,10 @@ class LanceSink:
                     schema.DOC_ID: doc,
                     schema.SOURCE_URI: uri,
                     schema.ERROR: "duplicate_doc_id",
-                    schema.ERROR_DETAIL: DUPLICATE_DETAIL,
+                    schema.ERROR_DETAIL: duplicate_detail(location),
                     schema.SNIPPET: (text or "")[:DUPLICATE_SNIPPET_CHARS],  # the dropped copy's first chunk
                 }
-                for uri, text in copies
+                for uri, text, location in copies
             )
         return rows
 

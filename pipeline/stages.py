@@ -321,6 +321,7 @@ class EmbedChunks:
                 schema.MODEL: self.loaded.identity.label,
                 schema.DOC_FINGERPRINT: row[schema.DOC_FINGERPRINT],
                 schema.SOURCE_URI: row[schema.SOURCE_URI],
+                schema.LOCATION: row[schema.LOCATION],
                 schema.METADATA: row[schema.METADATA],
                 schema.CONTENT_SHA256: row[schema.CONTENT_SHA256],
             }
@@ -333,6 +334,7 @@ class EmbedChunks:
             schema.CHUNK_INDEX: -1,
             schema.CHUNK_COUNT: 0,
             schema.SOURCE_URI: row[schema.SOURCE_URI],
+            schema.LOCATION: row[schema.LOCATION],
             schema.DOC_FINGERPRINT: row[schema.DOC_FINGERPRINT],
             schema.ERROR: row[schema.ERROR],
             schema.ERROR_DETAIL: row[schema.ERROR_DETAIL],
@@ -356,7 +358,8 @@ def _doc_input(row: dict[str, Any]) -> tuple[list[int], list[tuple[int, int]]]:
 
 
 def split_skips(table: pa.Table) -> tuple[pa.Table, pa.Table]:
-    """``(chunk rows in the stored schema, skipped-document rows)`` of an :class:`EmbedChunks` output."""
+    """``(chunk rows: the stored columns and location, skipped-document rows)`` of an :class:`EmbedChunks`
+    output. The sink keeps only the stored columns; the location names a duplicate copy it drops."""
     is_skip = pc.is_valid(table[schema.ERROR])
     chunks = table.filter(pc.invert(is_skip)).drop_columns([schema.ERROR, schema.ERROR_DETAIL, schema.SNIPPET])
     return chunks, table.filter(is_skip)

@@ -196,6 +196,9 @@ def test_an_id_in_two_objects_is_kept_once_and_reported_on_every_run(ray_session
     for _ in range(2):
         counts, rows = run_and_check(index_job)
         assert counts["docs_written"] == 0 and rows.equals(first)
+    [letter] = read_dead_letters(str(tmp_path / "db"), "chunks").to_pylist()
+    assert (Path(letter["source_uri"]).parent.name, letter["doc_id"]) == ("b", "pass")
+    assert letter["detail"].startswith("line 1: this document id appeared more than once"), "names the copy's line"
     # Replaying b (its dead letter) sees only b: it cannot tell a move from a duplicate, so a's copy stays.
     counts, rows = run_and_check(deadletter_job, "replay")
     assert counts["docs_written"] == 0 and rows.equals(first)

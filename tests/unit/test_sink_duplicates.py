@@ -117,6 +117,39 @@ def test_two_copies_in_one_block_keep_the_first(sink: LanceSink) -> None:
     assert stored(sink) == {"x": {"a"}}
 
 
+def located(table: pa.Table, *locations: str) -> pa.Table:
+    """``table`` with a ``location`` column as the pipeline brings it (one value per row, in row order)."""
+    return table.append_column(schema.LOCATION, pa.array(locations, pa.string()))
+
+
+def test_a_dropped_copy_is_named_by_its_location(sink: LanceSink) -> None:
+    block = pa.concat_tables(
+        [
+            located(chunks("x", "a", [0, 1], 2), "line 1", "line 1"),
+            located(chunks("x", "b", [0, 1], 2), "row 7", "row 7"),
+        ]
+    )
+    [dropped] = sink.write(block)
+    assert dropped[schema.SOURCE_URI] == "b"
+    assert dropped[schema.ERROR_DETAIL].startswith("row 7: this document id appeared more than once")
+    [later] = sink.write(located(chunks("x", "c", [0], 1), "line 12"))
+    assert later[schema.ERROR_DETAIL].startswith("line 12: ")
+    assert stored(sink) == {"x": {"a"}}, "locations are not stored"
+    assert schema.LOCATION not in sink.table.schema.names
+
+
+def test_an_unchanged_copy_after_a_written_one_is_named_by_its_location(sink: LanceSink) -> None:
+    sink.write(chunks("x", "a", [0], 1))
+    [row] = sink.keep([{**marker("x", "b"), schema.LOCATION: "line 3"}])
+    assert (row[schema.ERROR], row[schema.ERROR_DETAIL].split(":")[0]) == ("duplicate_doc_id", "line 3")
+
+
+def test_without_locations_the_detail_is_the_plain_one(sink: LanceSink) -> None:
+    sink.write(chunks("x", "a", [0], 1))
+    [dropped] = sink.write(chunks("x", "b", [0], 1))
+    assert dropped[schema.ERROR_DETAIL] == "this document id appeared more than once in the source; one copy was kept"
+
+
 def replacing_sink(tmp_path, commit_rows: int = 1_000) -> tuple[LanceSink, LanceSink]:
     """A table holding document "old", then a sink that overwrites it (nothing written yet)."""
     config = SinkConfig(uri=str(tmp_path / "db"), commit_rows=1_000)

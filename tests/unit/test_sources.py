@@ -51,6 +51,7 @@ def test_good_record_becomes_a_document_with_metadata() -> None:
     assert json.loads(row[schema.METADATA]) == {"title": "Größe", "lang": None}
     assert "Größe" in row[schema.METADATA]  # kept readable, not \u-escaped
     assert row[schema.ERROR] is None and row[schema.ERROR_DETAIL] is None
+    assert row[schema.LOCATION] == "line 1", "where the record sits, for a duplicate's dead letter"
     assert set(row) == set(schema.DOCUMENTS.names)
 
 
@@ -206,6 +207,7 @@ def test_jsonl_file_yields_documents_and_skipped_rows_in_line_order(tmp_path: Pa
     assert details[2].startswith("line 4: ")
     assert details[3].startswith("line 5: ") and "list" in details[3]
     assert details[5].startswith("line 8: ")
+    assert [rows[0][schema.LOCATION], rows[4][schema.LOCATION]] == ["line 1", "line 7"], "good records' lines"
     assert rows[4][schema.TEXT] == "Café 👍"
     assert json.loads(rows[0][schema.METADATA]) == {"title": "A"}
     assert all(r[schema.SOURCE_URI] == f"file://{path}" for r in rows)
@@ -232,6 +234,7 @@ def test_parquet_file_yields_documents_with_metadata(tmp_path: Path) -> None:
     rows = read_all(source)
     assert [(r[schema.DOC_ID], r[schema.ERROR]) for r in rows] == [("p1", None), ("p2", "missing_text"), ("p3", None)]
     assert rows[1][schema.ERROR_DETAIL].startswith("row 2: ")
+    assert rows[2][schema.LOCATION] == "row 3", "rows are counted across read batches"
     assert json.loads(rows[0][schema.METADATA]) == {"title": "One", "absent": None}
     assert rows[2][schema.TEXT] == "Third, with ünïcode."
 
@@ -267,7 +270,7 @@ def test_directory_of_text_files_ids_are_relative_paths(text_tree: Path) -> None
         "sub/b.txt": "Beta text: naïve café.",
         "sub/deeper/c.md": "Gamma.",
     }
-    assert all(r[schema.ERROR] is None for r in rows)
+    assert all(r[schema.ERROR] is None and r[schema.LOCATION] == "file" for r in rows)
     assert all(o.size is not None and o.size > 0 for o in objects)
 
 
