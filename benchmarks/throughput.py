@@ -2,8 +2,6 @@
 
 Variants (each in a fresh subprocess, so its peak memory is its own):
   late         lateline end to end, late mode: S3 on loopback (moto_server) -> Ray -> LanceDB
-  late-glibc   late mode with ``runtime.cpu_allocator=glibc``: glibc's heap, trimmed on growth, instead of
-               jemalloc (the default), to measure the allocator
   naive        lateline end to end, naive mode
   st-default   sentence-transformers ``encode`` of the same naive chunks, its defaults (what users write)
   st-bf16      the same with the weights in bfloat16
@@ -49,7 +47,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-VARIANTS = ("late", "late-glibc", "naive", "st-default", "st-bf16", "raw", "memory")
+VARIANTS = ("late", "naive", "st-default", "st-bf16", "raw", "memory")
 CHUNK_TOKENS = 128
 BUCKET = "lateline-bench"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -362,9 +360,6 @@ def worker(variant: str, work: Path, scale: str) -> None:
     overrides = json.loads((work / "overrides.json").read_text())
     if variant in {"late", "naive"}:
         result = run_lateline(work, source_uri, variant, f"{variant}-{scale}", overrides)
-    elif variant == "late-glibc":
-        glibc = [*overrides, "runtime.cpu_allocator=glibc"]
-        result = run_lateline(work, source_uri, "late", f"{variant}-{scale}", glibc)
     elif variant.startswith("st-"):
         result = run_sentence_transformers(corpus, bf16=variant == "st-bf16")
     elif variant == "raw":
@@ -409,8 +404,6 @@ def ratios(results: dict[str, dict[str, Any]]) -> dict[str, float]:
         if "raw" in results and other in results:
             # An upper bound on late_vs_<other>: late mode cannot beat the bare forward over its own tokens.
             out[f"ceiling_vs_{other.replace('-', '_')}"] = speed("raw", other)
-    if "late" in results and "late-glibc" in results:
-        out["late_vs_late_glibc"] = speed("late", "late-glibc")  # jemalloc (the default) against glibc's heap
     if "late" in results and "raw" in results:
         out["late_share_of_ceiling"] = speed("late", "raw")
         # The pipeline's forward passes alone against the ceiling: what a long backfill approaches, once Ray's
@@ -456,9 +449,7 @@ def plot(results: dict[str, dict[str, Any]], found: dict[str, float], path: Path
     figure, axes = plt.subplots(1, 3, figsize=(16, 4.8))
     for axis, key, label in ((axes[0], "docs_per_s", "documents / s"), (axes[1], "tokens_per_s", "tokens / s")):
         values = [results[n][key] for n in names]
-        bars = axis.bar(
-            names, values, color=["#2a6f97" if n in {"late", "late-glibc", "naive"} else "#999999" for n in names]
-        )
+        bars = axis.bar(names, values, color=["#2a6f97" if n in {"late", "naive"} else "#999999" for n in names])
         axis.bar_label(bars, fmt="%.0f" if key == "tokens_per_s" else "%.1f")
         axis.set_title(label)
         axis.tick_params(axis="x", rotation=30)

@@ -135,12 +135,6 @@ class RuntimeConfig(_Strict):
     threads a CPU actor computes with (default: its share of the CPUs; on GPUs, torch's threads);
     ``threads_per_forward``: torch threads per forward pass on CPU, so a CPU actor runs
     ``torch_threads // threads_per_forward`` micro-batches at once.
-    ``cpu_allocator``: the memory allocator of CPU embedding actors. ``jemalloc`` (the copy Ray ships,
-    preloaded into the actor) is told never to hand freed pages back: a forward pass reuses the previous one's
-    pages, and the heap stays at the working set of the largest micro-batch. ``glibc`` keeps the C library's
-    allocator, which fragments under activations of varied shapes, so the actor trims its heap whenever its
-    resident memory grew 128 MiB (each trimmed page is faulted in again). ``auto``: jemalloc when this Ray has
-    it and ``LD_PRELOAD`` is not already set, else glibc; ``jemalloc`` fails when Ray has none.
     ``object_store_budget_mb``: blocks in flight for this job (reading runs far ahead of embedding; without a
     cap, Ray Data lets them pile up in the object store and memory grows with the corpus); ``null``: Ray's
     default."""
@@ -150,7 +144,6 @@ class RuntimeConfig(_Strict):
     num_gpus_per_actor: float | Literal["auto"] = "auto"
     torch_threads: int | None = Field(default=None, gt=0)
     threads_per_forward: int = Field(default=1, gt=0)
-    cpu_allocator: Literal["auto", "jemalloc", "glibc"] = "auto"
     summary_dir: str = "runs"
     progress_seconds: float = Field(default=10.0, gt=0)
     ray_progress_bars: bool = False

@@ -61,15 +61,6 @@ def release_freed_memory() -> bool:
     return libc is not None and libc.malloc_trim(0) is not None
 
 
-def running_allocator() -> str:
-    """``jemalloc`` when jemalloc serves this process's ``malloc`` (preloaded: its ``mallctl`` is in the global
-    symbol table), else ``glibc``."""
-    try:
-        return "jemalloc" if hasattr(ctypes.CDLL(None), "mallctl") else "glibc"
-    except OSError:
-        return "glibc"
-
-
 def resident_bytes() -> int:
     """This process's resident set (0 where ``/proc`` is missing)."""
     try:
@@ -89,9 +80,7 @@ class HeapTrimmer:
     peak memory grew with the corpus (10x the corpus, 1.29x the peak). Trimming after every micro-batch kept it
     flat but made the next forward fault every handed-back page in again (1.6-1.8M page faults per 512 late-mode
     documents, at about 4 us each on the development VM, 10% of the embedding time; benchmarks/heap_trim.py).
-    Trimming on growth only pays when the heap actually crept; it still cost 10-15% of the forward time end to
-    end, so CPU actors run on jemalloc by default and use this only on glibc (RuntimeConfig.cpu_allocator).
-    Thread-safe: micro-batches run in threads."""
+    Trimming on growth only pays when the heap actually crept. Thread-safe: micro-batches run in threads."""
 
     slack_bytes: int = FREE_HEAP_SLACK
     trims: int = 0
@@ -144,8 +133,7 @@ class ChunkEmbedder:
     stats: ForwardStats = field(default_factory=ForwardStats)
     _stats_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
     _pool: ThreadPoolExecutor | None = field(default=None, init=False, repr=False, compare=False)
-    # None: no trims (jemalloc, which keeps its heap flat itself; see RuntimeConfig.cpu_allocator).
-    heap_trimmer: HeapTrimmer | None = field(default_factory=HeapTrimmer, repr=False, compare=False)
+    heap_trimmer: HeapTrimmer = field(default_factory=HeapTrimmer, repr=False, compare=False)
 
     def plan(self, docs: Sequence[tuple[Sequence[int], Sequence[tuple[int, int]]]]) -> EncodePlan:
         """The sequences and pieces for ``docs`` (each ``(input_ids, token spans)``) in this embedder's mode."""
@@ -193,7 +181,7 @@ class ChunkEmbedder:
 
         def forward(batch: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
             results = self._forward_or_split(plan.sequences, batch, pieces_by_sequence)
-            if on_cpu and self.heap_trimmer is not None:
+            if on_cpu:
                 self.heap_trimmer.after_micro_batch()
             return results
 

@@ -7,24 +7,19 @@ which consumes the plan as a stream, so memory stays flat however large the corp
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from itertools import pairwise
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pipeline.config import ConfigError, JobConfig, RuntimeConfig
+from pipeline.config import JobConfig, RuntimeConfig
 from pipeline.known import KnownDocuments
 from pipeline.sources import SourceObject, objects_table
 from pipeline.stages import EmbedChunks, chunk_documents, chunk_settings, read_documents
 
 CPU_TASK_CPUS = 0.5
 CPUS_PER_CPU_ACTOR = 4  # on CPU-only clusters, one embedding actor per this many CPUs (matmuls scale sublinearly)
-# jemalloc never hands freed pages back (see RuntimeConfig.cpu_allocator): pages returned to the OS were faulted
-# in again by the next forward pass, which cost as much as trimming glibc's heap.
-JEMALLOC_CONF = "dirty_decay_ms:-1,muzzy_decay_ms:-1"
 
 
 @dataclass(frozen=True)
@@ -38,8 +33,6 @@ class ActorPlan:
     num_gpus: float
     threads_per_forward: int | None
     parallel_batches: int = 1
-    cpu_allocator: str = "glibc"  # planned for CPU actors; each reports what it runs with (summary: actors)
-    env: dict[str, str] = field(default_factory=dict)  # environment variables of the actors' processes
 
 
 def size_actor_pool(runtime: RuntimeConfig, cluster_cpus: float, cluster_gpus: float) -> ActorPlan:
@@ -60,36 +53,6 @@ def size_actor_pool(runtime: RuntimeConfig, cluster_cpus: float, cluster_gpus: f
     # Never reserve more than the cluster has beside one CPU for reading: a pool that cannot start would hang.
     num_cpus = min(runtime.num_cpus_per_actor, max(0.05, (cluster_cpus - 1) / size))
     return ActorPlan(size, num_cpus, 0.0, per_forward, parallel_batches=threads // per_forward)
-
-
-def bundled_jemalloc() -> str | None:
-    """The jemalloc shared library Ray ships (``ray/core/libjemalloc.so``), or None when this Ray has none."""
-    import ray
-
-    path = Path(ray.__file__).parent / "core" / "libjemalloc.so"
-    return str(path) if path.is_file() else None
-
-
-def choose_allocator(
-    actors: ActorPlan, runtime: RuntimeConfig, jemalloc: str | None, environ: Mapping[str, str]
-) -> ActorPlan:
-    """``actors`` with the allocator of ``runtime.cpu_allocator`` and the environment that sets it up
-    (``LD_PRELOAD`` of ``jemalloc``, ``MALLOC_CONF``). GPU actors keep the default allocator. ``auto`` leaves a
-    user's ``LD_PRELOAD`` (in ``environ``) alone; ``jemalloc`` puts jemalloc first in it. Raises ``ConfigError``
-    for ``jemalloc`` when ``jemalloc`` is None. The path is the driver's: an actor on a node where it is missing
-    runs on glibc (the loader only warns) and says so."""
-    wanted = runtime.cpu_allocator
-    if actors.num_gpus > 0 or wanted == "glibc":
-        return actors
-    if jemalloc is None:
-        if wanted == "jemalloc":
-            raise ConfigError("runtime.cpu_allocator: 'jemalloc', but this Ray install ships no libjemalloc.so")
-        return actors
-    inherited = environ.get("LD_PRELOAD", "").strip()
-    if inherited and wanted == "auto":
-        return actors
-    env = {"LD_PRELOAD": f"{jemalloc} {inherited}".strip(), "MALLOC_CONF": JEMALLOC_CONF}
-    return replace(actors, cpu_allocator="jemalloc", env=env)
 
 
 def build_dataset(
@@ -155,8 +118,6 @@ def embed_documents(dataset: Any, config: JobConfig, actors: ActorPlan, stats: A
         num_cpus=CPU_TASK_CPUS,
         fn_kwargs={"settings": chunk_settings(config.model, config.chunking), "stats": stats},
     )
-    # A runtime environment only when it sets something: one would keep the actors off Ray's prestarted workers.
-    remote_args = {"runtime_env": {"env_vars": actors.env}} if actors.env else {}
     return dataset.map_batches(
         EmbedChunks,
         batch_size=block,
@@ -164,7 +125,6 @@ def embed_documents(dataset: Any, config: JobConfig, actors: ActorPlan, stats: A
         compute=ActorPoolStrategy(size=actors.size),
         num_cpus=actors.num_cpus,
         num_gpus=actors.num_gpus,
-        **remote_args,
         fn_constructor_kwargs={
             "model": config.model,
             "embedding": config.embedding,

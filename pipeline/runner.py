@@ -48,10 +48,10 @@ from pipeline.known import KnownDocuments
 from pipeline.lock import TableLock
 from pipeline.manifest import ObjectManifest, object_digest
 from pipeline.model import ModelIdentity, describe_model
-from pipeline.plan import ActorPlan, build_dataset, bundled_jemalloc, choose_allocator, size_actor_pool
+from pipeline.plan import ActorPlan, build_dataset, size_actor_pool
 from pipeline.sink import LanceSink, recorded_sections
 from pipeline.sources import SourceObject, list_source_objects
-from pipeline.stages import ALLOCATOR, COMPUTE_DTYPE, RunStats, split_skips
+from pipeline.stages import COMPUTE_DTYPE, RunStats, split_skips
 
 EXIT_CODES = {"ok": 0, "failed": 1, "config": 2, "failure_budget_exceeded": 3, "locked": 4}
 SKIP_EXAMPLES = 20
@@ -436,7 +436,6 @@ def stream_into_sink(
     ray_start_s = time.monotonic() - starting
     cluster = ray.cluster_resources()
     actors = size_actor_pool(config.runtime, cluster.get("CPU", 1), cluster.get("GPU", 0))
-    actors = choose_allocator(actors, config.runtime, bundled_jemalloc(), os.environ)
     stats = ray.remote(num_cpus=0)(RunStats).remote()
     dataset = build(actors, stats)
     stop = threading.Event()
@@ -645,15 +644,12 @@ def _poll(ray: Any, stats: Any, tally: Tally) -> dict[str, float]:
 
 
 def _actors_section(actors: ActorPlan | None, counters: dict[str, float]) -> dict[str, Any] | None:
-    """The actor pool as planned, the dtypes its actors computed in (``{dtype: actors}``) and the allocators
-    they ran with (``{allocator: actors}``); an actor that restarted counts again."""
+    """The actor pool as planned, and the dtypes its actors computed in (``{dtype: actors}``; an actor that
+    restarted counts again)."""
     if actors is None:
         return None
-
-    def tally(prefix: str) -> dict[str, int]:
-        return {k[len(prefix) :]: int(v) for k, v in counters.items() if k.startswith(prefix)}
-
-    return {**actors.__dict__, "compute_dtypes": tally(COMPUTE_DTYPE), "allocators": tally(ALLOCATOR)}
+    dtypes = {k[len(COMPUTE_DTYPE) :]: int(v) for k, v in counters.items() if k.startswith(COMPUTE_DTYPE)}
+    return {**actors.__dict__, "compute_dtypes": dtypes}
 
 
 def run_summary(

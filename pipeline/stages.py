@@ -34,8 +34,6 @@ from pipeline.sources import read_objects
 OBJECT_ROWS = "object_rows:"
 # Counter-name prefix of the actors that computed in a dtype (``compute_dtype:bfloat16`` = how many did).
 COMPUTE_DTYPE = "compute_dtype:"
-# Counter-name prefix of the actors that ran with an allocator (``allocator:jemalloc`` = how many did).
-ALLOCATOR = "allocator:"
 
 
 class RunStats:
@@ -240,13 +238,11 @@ class EmbedChunks:
         # import this module too, and torch would cost each of them about a second of CPU and 100+ MiB.
         import torch
 
-        from pipeline.embedding import ChunkEmbedder, HeapTrimmer, running_allocator
+        from pipeline.embedding import ChunkEmbedder
 
         if torch_threads:
             torch.set_num_threads(torch_threads)
         loaded = load_model(model, embedding.document_prefix)
-        # What this process runs with, not what was planned: a preload that failed on this node leaves glibc.
-        allocator = running_allocator()
         embedder = ChunkEmbedder(
             loaded,
             embedding.mode,
@@ -254,12 +250,10 @@ class EmbedChunks:
             batching.max_tokens,
             batching.max_sequences,
             parallel_batches=parallel_batches,
-            heap_trimmer=HeapTrimmer() if allocator == "glibc" else None,
         )
         self._use(embedder, stats)
         # Each actor resolves ``model.dtype: auto`` on its own hardware; the summary lists what they computed in.
-        counters = {COMPUTE_DTYPE + loaded.dtype: 1, ALLOCATOR + allocator: 1}
-        report(stats, {"model_load_s": time.perf_counter() - started, **counters})
+        report(stats, {"model_load_s": time.perf_counter() - started, COMPUTE_DTYPE + loaded.dtype: 1})
 
     @classmethod
     def with_embedder(cls, embedder: Any, stats: Any = None) -> EmbedChunks:

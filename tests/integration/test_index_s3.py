@@ -114,14 +114,6 @@ def test_the_summary_says_what_dtype_the_actors_computed_in(indexed: dict) -> No
     assert actors["compute_dtypes"] == {"float32": actors["size"]}  # this config asks for float32
 
 
-def test_cpu_actors_run_with_jemalloc_and_say_so(indexed: dict) -> None:
-    """Planned by the driver (``LD_PRELOAD`` in the actors' runtime environment) and reported by each actor
-    from what its process actually runs with."""
-    actors = indexed["summary"]["actors"]
-    assert actors["cpu_allocator"] == "jemalloc" and "libjemalloc.so" in actors["env"]["LD_PRELOAD"]
-    assert actors["allocators"] == {"jemalloc": actors["size"]}
-
-
 def test_rows_carry_offsets_that_slice_the_source_text(indexed: dict) -> None:
     table = _table(indexed["config"])
     assert table.schema.field(schema.VECTOR).type == pa.list_(pa.float32(), 384)

@@ -347,16 +347,3 @@ def test_a_cpu_embedder_trims_the_heap_once_its_resident_memory_grew(
     resident[0] = embedding.FREE_HEAP_SLACK + 1
     embedder.embed(docs)
     assert trims == [0, embedding.FREE_HEAP_SLACK + 1] and embedder.heap_trimmer.trims == 2
-
-
-def test_an_embedder_without_a_heap_trimmer_never_trims(tiny_bert, monkeypatch) -> None:
-    """Under jemalloc (RuntimeConfig.cpu_allocator) the actor passes no trimmer: glibc's malloc_trim would only
-    touch an arena nothing allocates from."""
-    from pipeline import embedding
-
-    trims: list[int] = []
-    monkeypatch.setattr(embedding, "release_freed_memory", lambda: trims.append(1) or True)
-    embedder = ChunkEmbedder(tiny_loaded(tiny_bert), "late", window_overlap=6, max_tokens=40, heap_trimmer=None)
-    vectors = embedder.embed(make_docs(0, DOCS_LENGTHS))
-    assert embedder.stats.forwards > 4 and trims == []
-    assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)

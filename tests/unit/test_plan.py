@@ -1,12 +1,11 @@
-"""plan.py size_actor_pool: one actor per GPU; on CPUs, a pool that leaves room for reading and tokenizing;
-choose_allocator: which allocator CPU actors run with."""
+"""plan.py size_actor_pool: one actor per GPU; on CPUs, a pool that leaves room for reading and tokenizing."""
 
 from __future__ import annotations
 
 import pytest
 
-from pipeline.config import ConfigError, RuntimeConfig
-from pipeline.plan import bundled_jemalloc, choose_allocator, size_actor_pool
+from pipeline.config import RuntimeConfig
+from pipeline.plan import size_actor_pool
 
 
 def test_two_cpus_no_gpu_is_one_actor_that_leaves_a_cpu_free() -> None:
@@ -90,50 +89,3 @@ def test_the_object_store_budget_caps_what_ray_data_keeps_in_flight() -> None:
         assert context.execution_options.resource_limits.object_store_memory == float("inf")
     finally:
         context.execution_options.resource_limits = saved
-
-
-# --- choose_allocator: jemalloc for CPU actors, unless told otherwise ---------------------------------------
-JEMALLOC = "/ray/core/libjemalloc.so"
-
-
-def cpu_pool(allocator: str = "auto", environ: dict | None = None, jemalloc: str | None = JEMALLOC):
-    runtime = RuntimeConfig(cpu_allocator=allocator)
-    return choose_allocator(size_actor_pool(runtime, 2, 0), runtime, jemalloc, environ or {})
-
-
-def test_cpu_actors_get_jemalloc_set_never_to_hand_pages_back() -> None:
-    plan = cpu_pool()
-    assert plan.cpu_allocator == "jemalloc"
-    assert plan.env == {"LD_PRELOAD": JEMALLOC, "MALLOC_CONF": "dirty_decay_ms:-1,muzzy_decay_ms:-1"}
-
-
-@pytest.mark.parametrize(
-    ("allocator", "environ", "jemalloc"),
-    [
-        ("glibc", {}, JEMALLOC),  # asked for
-        ("auto", {}, None),  # this Ray has none
-        ("auto", {"LD_PRELOAD": "/usr/lib/libtcmalloc.so"}, JEMALLOC),  # the user preloads their own
-    ],
-)
-def test_glibc_when_asked_when_ray_has_no_jemalloc_or_the_user_preloads_another(allocator, environ, jemalloc) -> None:
-    plan = cpu_pool(allocator, environ, jemalloc)
-    assert (plan.cpu_allocator, plan.env) == ("glibc", {})
-
-
-def test_asking_for_jemalloc_puts_it_before_a_users_preload_and_fails_without_it() -> None:
-    plan = cpu_pool("jemalloc", {"LD_PRELOAD": "/usr/lib/libfoo.so"})
-    assert plan.env["LD_PRELOAD"] == f"{JEMALLOC} /usr/lib/libfoo.so"
-    with pytest.raises(ConfigError, match=r"runtime.cpu_allocator: 'jemalloc'"):
-        cpu_pool("jemalloc", jemalloc=None)
-
-
-def test_gpu_actors_keep_the_default_allocator() -> None:
-    runtime = RuntimeConfig(cpu_allocator="jemalloc")
-    plan = choose_allocator(size_actor_pool(runtime, 8, 1), runtime, JEMALLOC, {})
-    assert (plan.cpu_allocator, plan.env) == ("glibc", {})
-
-
-def test_this_ray_ships_jemalloc() -> None:
-    """The default relies on it: a Ray upgrade that drops it would quietly bring back glibc's heap trims."""
-    path = bundled_jemalloc()
-    assert path is not None and path.endswith("libjemalloc.so")
