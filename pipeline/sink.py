@@ -48,16 +48,13 @@ def duplicate_detail(location: str | None) -> str:
     return f"{location}: {DUPLICATE_DETAIL}" if location else DUPLICATE_DETAIL
 
 
-def _first_chunk_locations(chunks: pa.Table) -> dict[str, list[str | None]]:
-    """doc id -> the ``location`` of each of its chunk-0 rows in ``chunks``, in row order (one per copy);
-    empty when ``chunks`` has no ``location`` column."""
+def _copy_locations(chunks: pa.Table, doc: str) -> list[str | None]:
+    """The ``location`` of each chunk-0 row of ``doc`` in ``chunks`` (one per copy, in row order); all None when
+    ``chunks`` has no ``location`` column. Looked up only for duplicates, which are rare."""
+    firsts = chunks.filter(pc.and_(pc.equal(chunks[schema.DOC_ID], doc), pc.equal(chunks[schema.CHUNK_INDEX], 0)))
     if schema.LOCATION not in chunks.column_names:
-        return {}
-    firsts = chunks.filter(pc.equal(chunks[schema.CHUNK_INDEX], 0))
-    locations: dict[str, list[str | None]] = {}
-    for doc, location in zip(firsts[schema.DOC_ID].to_pylist(), firsts[schema.LOCATION].to_pylist()):
-        locations.setdefault(doc, []).append(location)
-    return locations
+        return [None] * firsts.num_rows
+    return firsts[schema.LOCATION].to_pylist()
 
 
 class TableMismatch(RuntimeError):
@@ -338,8 +335,7 @@ class LanceSink:
         """Queue chunk rows; commit when a bound is reached. Returns rows of duplicate documents dropped.
         ``chunks`` may carry a ``location`` column (where each row's record sits in its object): a dropped
         copy's dead letter names it. Only the stored schema's columns are kept."""
-        locations = _first_chunk_locations(chunks)
-        complete, duplicates = self._complete_documents(chunks.select(self.schema.names).cast(self.schema), locations)
+        complete, duplicates = self._complete_documents(chunks.select(self.schema.names).cast(self.schema), chunks)
         if complete.num_rows:
             self.ready.append(complete)
             self.ready_rows += complete.num_rows
@@ -349,9 +345,7 @@ class LanceSink:
             self.commit()
         return duplicates
 
-    def _complete_documents(
-        self, chunks: pa.Table, locations: dict[str, list[str | None]]
-    ) -> tuple[pa.Table, list[dict[str, Any]]]:
+    def _complete_documents(self, chunks: pa.Table, located: pa.Table) -> tuple[pa.Table, list[dict[str, Any]]]:
         counts = chunks.group_by(schema.DOC_ID).aggregate([(schema.CHUNK_ID, "count"), (schema.CHUNK_COUNT, "max")])
         docs, arrived, expected_counts = (counts.column(i).to_pylist() for i in range(3))
         earlier = self.seen_docs.contains(docs) | self.kept_docs.contains(docs)
@@ -367,7 +361,7 @@ class LanceSink:
         self.seen_docs.update(whole)
         released = [self._hold(doc, chunks) for doc in held]
         complete = pa.concat_tables([complete, *[t for t in released if t is not None]])
-        return complete, self._duplicate_rows(duplicates, chunks, locations)
+        return complete, self._duplicate_rows(duplicates, chunks, located)
 
     def _repeats_held(self, doc: str, chunks: pa.Table) -> bool:
         """Whether ``chunks`` bring a chunk of ``doc`` that is already held: a second copy, not the rest."""
@@ -387,20 +381,16 @@ class LanceSink:
         self.seen_docs.add(doc)
         return parts
 
-    def _duplicate_rows(
-        self, docs: list[str], chunks: pa.Table, locations: dict[str, list[str | None]]
-    ) -> list[dict[str, Any]]:
+    def _duplicate_rows(self, docs: list[str], chunks: pa.Table, located: pa.Table) -> list[dict[str, Any]]:
         """One ``duplicate_doc_id`` row per dropped copy, counted by its chunk 0: a copy whose chunks span
         several blocks is reported once, in the block that holds its first chunk. Its detail starts with the
-        copy's location when ``locations`` (see :func:`_first_chunk_locations`) has it."""
+        copy's location when ``located`` (the incoming rows, before the stored columns were selected) has one."""
         rows = []
         for doc in docs:
             of_doc = chunks.filter(pc.equal(chunks[schema.DOC_ID], doc))
             firsts = of_doc.filter(pc.equal(of_doc[schema.CHUNK_INDEX], 0))
-            uris = firsts[schema.SOURCE_URI].to_pylist()
-            found = locations.get(doc, [])
-            located = [*found, *[None] * (len(uris) - len(found))]
-            copies = list(zip(uris, firsts[schema.TEXT].to_pylist(), located))
+            texts = firsts[schema.TEXT].to_pylist()
+            copies = list(zip(firsts[schema.SOURCE_URI].to_pylist(), texts, _copy_locations(located, doc)))
             if not self._taken([doc])[0]:  # both copies in one block: keep the first
                 self.ready.append(self._first_copy(of_doc))
                 self.ready_rows += self.ready[-1].num_rows
