@@ -143,6 +143,50 @@ def tree_pss_bytes(root: int) -> int:
     return total
 
 
+def tree_cpu_seconds(root: int) -> dict[tuple[int, int], tuple[float, str]]:
+    """CPU seconds (user + system) so far of ``root`` and its descendants: ``(pid, start tick) -> (seconds,
+    role)``, the role ``driver`` for ``root``, ``embedding actor`` for Ray's actor-pool workers (its process
+    title ``ray::MapWorker(...)``) and ``other`` for the rest (Ray's own processes, task workers)."""
+    children, found, stack = _children_by_parent(), {}, [root]
+    tick = os.sysconf("SC_CLK_TCK")
+    while stack:
+        pid = stack.pop()
+        stack.extend(children.get(pid, []))
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        name, fields = stat[stat.index("(") + 1 : stat.rindex(")")], stat.rsplit(")", 1)[1].split()
+        role = "driver" if pid == root else "embedding actor" if name.startswith("ray::MapWorker") else "other"
+        found[(pid, int(fields[19]))] = ((int(fields[11]) + int(fields[12])) / tick, role)
+    return found
+
+
+class TreeCpu:
+    """Samples the CPU seconds of a process tree every ``interval`` seconds in a thread, keeping each process's
+    last value: a process's CPU in its last interval before it exits is missed (under 1% of a run here)."""
+
+    def __init__(self, pid: int, interval: float = 1.0) -> None:
+        self.pid, self.interval, self.seen = pid, interval, {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.seen.update(tree_cpu_seconds(self.pid))
+            self._stop.wait(self.interval)
+
+    def stop(self) -> dict[str, float]:
+        """CPU seconds by role (see :func:`tree_cpu_seconds`)."""
+        self._stop.set()
+        self._thread.join()
+        by_role: dict[str, float] = {}
+        for seconds, role in self.seen.values():
+            by_role[role] = by_role.get(role, 0.0) + seconds
+        return by_role
+
+
 class PeakMemory:
     """Samples the PSS of a process tree every ``interval`` seconds in a thread; ``peak`` in bytes."""
 
@@ -209,6 +253,9 @@ def run_lateline(work: Path, source_uri: str, mode: str, name: str, overrides: l
         | {"model_load": phases["model_load"], "read": phases["read"], "tokenize": phases["chunk"]}
         | {"forward": phases["embed"], "write": phases["write"], "other": wall - phases["embed"]},
         "dtype": _dtype_of(config),
+        # This process is the job's driver: its CPU since it started (imports included, as a CLI run pays
+        # them), and the CPU the workers measured in their steps.
+        "stage_cpu_s": {"driver": time.process_time(), **{k: v for k, v in summary["cpu_s"].items() if k != "driver"}},
     }
 
 
@@ -286,15 +333,17 @@ def run_raw_forward(docs: list[dict[str, str]], config: Any) -> dict[str, Any]:
     sequences = embedder.plan(inputs).sequences
     batches = list(pack_by_token_budget([len(s) for s in sequences], config.batching.max_tokens, 256))
     threads = _torch_threads()
-    timings = {
+    measured = {
         f"plain_loop_{threads}_threads": time_forwards(embedder, sequences, batches, threads, parallel=1),
         f"{threads}_batches_at_once": time_forwards(embedder, sequences, batches, 1, parallel=threads),
     }
+    timings = {name: wall for name, (wall, _) in measured.items()}
     best = min(timings, key=timings.get)
     lengths = [len(s) for s in sequences]
     padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
     return {
         "wall_s": timings[best],
+        "forward_cpu_s": measured[best][1],
         "arrangement": best,
         "docs": len(docs),
         "chunks": sum(len(spans) for _, spans in inputs),
@@ -308,9 +357,11 @@ def run_raw_forward(docs: list[dict[str, str]], config: Any) -> dict[str, Any]:
     }
 
 
-def time_forwards(embedder: Any, sequences: list[list[int]], batches: list[list[int]], threads: int, parallel: int):
-    """Seconds to run the bare encoder over ``batches``: ``parallel`` batches at once, ``threads`` torch threads
-    each (the torch setting is restored afterwards)."""
+def time_forwards(
+    embedder: Any, sequences: list[list[int]], batches: list[list[int]], threads: int, parallel: int
+) -> tuple[float, float]:
+    """Wall and CPU seconds to run the bare encoder over ``batches``: ``parallel`` batches at once, ``threads``
+    torch threads each (the torch setting is restored afterwards)."""
     import torch
 
     from pipeline.embedding import torch_threads
@@ -322,14 +373,14 @@ def time_forwards(embedder: Any, sequences: list[list[int]], batches: list[list[
 
     with torch_threads(threads):
         forward(batches[-1])  # warm-up (the smallest batch), so neither arrangement pays for a cold start
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         if parallel == 1:
             for batch in batches:
                 forward(batch)
         else:
             with ThreadPoolExecutor(parallel) as pool:
                 list(pool.map(forward, batches))
-        return time.perf_counter() - started
+        return time.perf_counter() - started, time.process_time() - cpu_started
 
 
 def flop_per_token(model_config: Any, lengths: list[int]) -> float:
@@ -377,16 +428,56 @@ def run_variant(variant: str, work: Path, scale: str, env: dict[str, str]) -> di
     print(f"  running {variant} ({scale}) ...", flush=True)
     process = subprocess.Popen(command, env=env, cwd=ROOT)
     memory = PeakMemory(process.pid, interval=1.0 if scale.startswith("memory") else 5.0)
+    cpu = TreeCpu(process.pid)
     code = process.wait()
-    peak = memory.stop()
+    peak, sampled_cpu = memory.stop(), cpu.stop()
     if code != 0:
         raise RuntimeError(f"variant {variant} exited with {code}")
     result = json.loads((work / f"{variant}-{scale}.json").read_text())
     result["peak_memory_mib"] = peak / 2**20
+    if "stage_cpu_s" in result:
+        result["cpu_s"] = cpu_breakdown(result["stage_cpu_s"], sampled_cpu, result["wall_s"], _cores())
     for unit in ("tokens", "docs", "chunks"):
         result[f"{unit}_per_s"] = result[unit] / result["wall_s"]
     print(f"    {result['wall_s']:.1f} s, {result['tokens_per_s']:.0f} tokens/s", flush=True)
     return result
+
+
+def cpu_breakdown(stages: dict[str, float], sampled: dict[str, float], wall: float, cores: int) -> dict[str, float]:
+    """Where a lateline run's CPU went, in CPU seconds, out of ``cores * wall``: the embedding actors' calls
+    (forward passes, pooling, building rows), their model load, the rest of their processes (Ray's worker
+    start and imports before the model load), the driver, the reading and tokenizing steps, the other
+    processes (Ray's own, the task workers outside their steps) and what stayed idle. Steps are measured by
+    the stages themselves; processes by sampling /proc (the larger of the two where both see one)."""
+    actor = max(sampled.get("embedding actor", 0.0), stages["embed"] + stages["model_load"])
+    driver = max(sampled.get("driver", 0.0), stages["driver"])
+    total = driver + actor + sampled.get("other", 0.0)
+    read_tokenize = stages["read"] + stages["chunk"]
+    return {
+        "capacity": cores * wall,
+        "actor_calls": stages["embed"],
+        "actor_model_load": stages["model_load"],
+        "actor_rest": actor - stages["embed"] - stages["model_load"],
+        "driver": driver,
+        "read_and_tokenize": read_tokenize,
+        "other_processes": max(0.0, total - driver - actor - read_tokenize),
+        "idle": max(0.0, cores * wall - total),
+    }
+
+
+CPU_LABELS = {
+    "actor_calls": "embedding actor, its calls (forward passes, pooling, rows)",
+    "actor_model_load": "embedding actor, model load (torch and transformers imports included)",
+    "actor_rest": "embedding actor, the rest (Ray worker start, imports before the load)",
+    "driver": "driver (imports, model description, Ray start, plan loop, writes)",
+    "read_and_tokenize": "reading and tokenizing (their steps)",
+    "other_processes": "Ray's own processes and task workers outside their steps",
+    "idle": "idle",
+}
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def ratios(results: dict[str, dict[str, Any]]) -> dict[str, float]:
@@ -409,6 +500,13 @@ def ratios(results: dict[str, dict[str, Any]]) -> dict[str, float]:
         # The pipeline's forward passes alone against the ceiling: what a long backfill approaches, once Ray's
         # start, the model load and the first block's wait (a fixed cost, `other` in the phases) are spread thin.
         out["late_forward_share_of_ceiling"] = results["raw"]["wall_s"] / results["late"]["phases_s"]["forward"]
+        if "cpu_s" in results["late"] and "forward_cpu_s" in results["raw"]:
+            # CPU per unit of work: the bare forward's CPU over the actors' calls' CPU for the same sequences
+            # (1.0: the pipeline's forward passes cost no more CPU than the bare ones; below the share of the
+            # ceiling, the rest is CPU other processes took and cores left idle).
+            out["late_call_cpu_share_of_ceiling"] = (
+                results["raw"]["forward_cpu_s"] / results["late"]["cpu_s"]["actor_calls"]
+            )
         raw = results["raw"]
         peak = raw["matmul_peak_gflops"][raw["dtype"]] * 1e9
         for name in ("late", "raw"):
@@ -429,6 +527,17 @@ def print_table(results: dict[str, dict[str, Any]], found: dict[str, float]) -> 
             f"{name:<12} {r['dtype']:<9} {r['wall_s']:>8.1f} {r['tokens_per_s']:>8.0f} {r['docs_per_s']:>7.1f} "
             f"{r['chunks_per_s']:>9.1f} {r['padding_waste']:>9.1%} {r['peak_memory_mib']:>9.0f}  {phases}"
         )
+    for name, r in results.items():
+        if "cpu_s" in r and not name.startswith("memory"):
+            cpu = r["cpu_s"]
+            print(
+                f"\nwhere {name} mode's CPU went: {cpu['capacity'] / r['wall_s']:.0f} cores x {r['wall_s']:.1f} s = "
+                f"{cpu['capacity']:.1f} CPU s"
+            )
+            for key, label in CPU_LABELS.items():
+                print(f"  {label:<74} {cpu[key]:7.1f}  {cpu[key] / cpu['capacity']:6.1%}")
+    if "raw" in results and "forward_cpu_s" in results["raw"]:
+        print(f"  (the ceiling's forward passes over the same sequences: {results['raw']['forward_cpu_s']:.1f} CPU s)")
     print()
     for name, value in found.items():
         target = TARGETS.get(name)

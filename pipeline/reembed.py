@@ -40,7 +40,7 @@ from pipeline.manifest import ObjectManifest, object_digest
 from pipeline.model import ModelIdentity
 from pipeline.sink import LanceSink, connect, read_table_record, recorded_sections, sql_list, table_names
 from pipeline.sources import fingerprinted
-from pipeline.stages import report, resolve_known
+from pipeline.stages import Stopwatch, report, resolve_known
 
 STORED_COLUMNS = [
     schema.DOC_ID,
@@ -89,7 +89,7 @@ def read_stored_documents(
     ``STORED_DOCUMENTS`` tables with fingerprints; documents ``known`` holds unchanged become markers."""
     import lance
 
-    started = time.perf_counter()
+    watch = Stopwatch()
     dataset = lance.dataset(stored.uri, version=stored.version, storage_options=stored.storage_options or None)
     known = resolve_known(known) or {}
 
@@ -100,9 +100,9 @@ def read_stored_documents(
         batches = dataset.get_fragment(fragment).to_batches(columns=STORED_COLUMNS, batch_size=8_192)
         for docs in documents_from_batches(batches, fetch, stored.keep_spans, stored.batch_docs):
             rows = [fingerprinted(doc, digest, known) for doc in docs]
-            report(stats, {"docs_in": len(rows), "read_s": time.perf_counter() - started})
+            report(stats, {"docs_in": len(rows), **watch.elapsed("read")})
             yield pa.Table.from_pylist(rows, schema=STORED_DOCUMENTS)
-            started = time.perf_counter()
+            watch.restart()
 
 
 def documents_from_batches(

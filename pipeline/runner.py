@@ -74,6 +74,7 @@ class Tally:
     job: str
     every: float
     started: float = field(default_factory=time.monotonic)
+    cpu_started: float = field(default_factory=time.process_time)  # the driver's CPU clock when the run began
     chunks: int = 0
     tokens: int = 0
     unchanged: DocIdSet = field(default_factory=DocIdSet)  # compact: a run may find millions unchanged
@@ -714,6 +715,13 @@ def run_summary(
             "model_load": round(counters.get("model_load_s", 0), 3),
             "embed": round(counters.get("embed_s", 0), 3),
             "write": round(written.get("write_s", 0), 3),
+        },
+        # CPU seconds, all threads of each process: the driver's since the run began (Ray's start, the plan's
+        # executor loop, the writes), the workers' summed over their steps. ``embed`` against ``time_s.embed``
+        # times the actors' threads shows how busy they kept their cores.
+        "cpu_s": {
+            "driver": round(time.process_time() - tally.cpu_started, 3),
+            **{step: round(counters.get(f"{step}_cpu_s", 0), 3) for step in ("read", "chunk", "model_load", "embed")},
         },
         "throughput": {
             "tokens_per_s": round(counters.get("tokens", 0) / wall, 1) if wall else None,

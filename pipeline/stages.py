@@ -6,7 +6,8 @@
 
 Rows of skipped documents (``error`` set) travel through every stage untouched so the sink can count and
 report them; a document whose embedding fails is turned into such a row (``embed_failed``) and the rest of its
-batch goes on. Every stage reports counters to the run's :class:`RunStats` with the same names.
+batch goes on. Every stage reports counters to the run's :class:`RunStats` with the same names: each timed
+step as ``<step>_s`` (wall seconds) and ``<step>_cpu_s`` (CPU seconds of its process, all threads).
 """
 
 from __future__ import annotations
@@ -58,6 +59,26 @@ class RunStats:
         return dict(self.counters), self.object_rows[seen:]
 
 
+class Stopwatch:
+    """Wall and CPU seconds since it was (re)started. CPU is this process's, all threads together
+    (``time.process_time``): for an embedding actor, its forward threads; beside the wall time it shows how
+    busy a step kept its cores, and on a shared machine how much CPU the rest of the pipeline took from it."""
+
+    def __init__(self) -> None:
+        self.restart()
+
+    def restart(self) -> None:
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+
+    @property
+    def cpu_s(self) -> float:
+        return time.process_time() - self._cpu
+
+    def elapsed(self, step: str) -> dict[str, float]:
+        """``{"<step>_s": wall seconds, "<step>_cpu_s": CPU seconds}`` since the last (re)start."""
+        return {f"{step}_s": time.perf_counter() - self._wall, f"{step}_cpu_s": self.cpu_s}
+
+
 def report(stats: Any, counters: dict[str, float]) -> None:
     """Send counters to ``stats`` (an actor handle, a :class:`RunStats`, or ``None``) without waiting."""
     if stats is None:
@@ -73,15 +94,15 @@ def read_documents(
 ) -> Iterator[pa.Table]:
     """Read source objects (rows of :func:`pipeline.sources.objects_table`, each with the fingerprints the
     table holds for that object's documents) into document tables (see :func:`pipeline.sources.read_objects`)."""
-    started = time.perf_counter()
+    watch = Stopwatch()
 
     def object_read(path: str, rows: int) -> None:
         report(stats, {OBJECT_ROWS + path: rows})
 
     for table in read_objects(objects, source, settings_digest, object_read):
-        report(stats, {"docs_in": table.num_rows, "read_s": time.perf_counter() - started})
+        report(stats, {"docs_in": table.num_rows, **watch.elapsed("read")})
         yield table
-        started = time.perf_counter()
+        watch.restart()
     report(stats, {"objects_read": objects.num_rows})
 
 
@@ -149,7 +170,7 @@ def chunk_documents(batch: pa.Table, settings: ChunkSettings, stats: Any = None)
     without tokens becomes a ``no_tokens`` skip. Input columns: ``DOCUMENTS``, optionally ``char_starts`` /
     ``char_ends`` with chunk ranges to keep (see :func:`_spans_of`)."""
     schema.require_columns(batch, schema.DOCUMENTS, "chunk_documents")
-    started = time.perf_counter()
+    watch = Stopwatch()
     rows = batch.to_pylist()
     good = [row for row in rows if row[schema.ERROR] is None]
     tokens = 0
@@ -174,7 +195,7 @@ def chunk_documents(batch: pa.Table, settings: ChunkSettings, stats: Any = None)
     for row in rows:
         for column in (schema.INPUT_IDS, schema.CHAR_STARTS, schema.CHAR_ENDS, schema.TOKEN_STARTS, schema.TOKEN_ENDS):
             row.setdefault(column, [])
-    report(stats, {"tokens": tokens, "chunk_s": time.perf_counter() - started})
+    report(stats, {"tokens": tokens, **watch.elapsed("chunk")})
     return pa.Table.from_pylist(rows, schema=schema.CHUNKED_DOCUMENTS)
 
 
@@ -233,7 +254,7 @@ class EmbedChunks:
         stats: Any = None,
         parallel_batches: int = 1,
     ) -> None:
-        started = time.perf_counter()
+        watch = Stopwatch()
         # torch is imported here, in the actor, and not at module level: the reading and tokenizing workers
         # import this module too, and torch would cost each of them about a second of CPU and 100+ MiB.
         import torch
@@ -253,7 +274,7 @@ class EmbedChunks:
         )
         self._use(embedder, stats)
         # Each actor resolves ``model.dtype: auto`` on its own hardware; the summary lists what they computed in.
-        report(stats, {"model_load_s": time.perf_counter() - started, COMPUTE_DTYPE + loaded.dtype: 1})
+        report(stats, {**watch.elapsed("model_load"), COMPUTE_DTYPE + loaded.dtype: 1})
 
     @classmethod
     def with_embedder(cls, embedder: Any, stats: Any = None) -> EmbedChunks:
@@ -270,6 +291,7 @@ class EmbedChunks:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         schema.require_columns(batch, schema.CHUNKED_DOCUMENTS, "EmbedChunks")
+        watch = Stopwatch()
         before = self.embedder.stats.as_dict()
         rows = batch.to_pylist()
         good = [row for row in rows if row[schema.ERROR] is None]
@@ -279,7 +301,10 @@ class EmbedChunks:
         table = self._table(chunk_rows, vectors, skip_rows)
         after = self.embedder.stats.as_dict()
         counters = {f"forward_{k}": after[k] - before[k] for k in after}
-        report(self.stats, {**counters, "embed_s": counters.pop("forward_seconds"), "chunks_out": len(chunk_rows)})
+        # embed_s: the forward passes' wall time; embed_cpu_s: the actor's CPU over the whole call (its
+        # forward threads, pooling, and turning rows into Arrow), which a shared machine's other work slows.
+        embed = {"embed_s": counters.pop("forward_seconds"), "embed_cpu_s": watch.cpu_s}
+        report(self.stats, {**counters, **embed, "chunks_out": len(chunk_rows)})
         return table
 
     def _embed(self, rows: list[dict[str, Any]]) -> tuple[np.ndarray, dict[int, str]]:

@@ -107,6 +107,11 @@ def test_the_summary_times_each_phase_of_the_run(indexed: dict) -> None:
     assert times["ray_start"] >= 0  # near 0 when an earlier test in this process started Ray
     assert 0 < times["first_output"] <= times["wall"]
     assert times["model_load"] > 0 and times["embed"] > 0 and times["read"] > 0 and times["chunk"] > 0
+    cpu = indexed["summary"]["cpu_s"]
+    assert set(cpu) == {"driver", "read", "chunk", "model_load", "embed"}
+    assert all(seconds > 0 for seconds in cpu.values()), cpu
+    threads = indexed["summary"]["actors"]["threads_per_forward"] * indexed["summary"]["actors"]["parallel_batches"]
+    assert cpu["embed"] <= 1.2 * threads * times["embed"] + 1  # no more CPU than the actors' threads can use
 
 
 def test_the_summary_says_what_dtype_the_actors_computed_in(indexed: dict) -> None:

@@ -1,16 +1,19 @@
 """Stage isolation: a document the tokenizer fails on is dead-lettered, the rest of its block goes on; the
-lock finds the table's store with the sink's LanceDB options."""
+lock finds the table's store with the sink's LanceDB options; stages time their steps in wall and CPU seconds."""
 
 from __future__ import annotations
 
+import time
 from types import SimpleNamespace
 
 import pyarrow as pa
 import pytest
+import torch
 
 from pipeline import schema, stages
 from pipeline.config import ChunkingConfig, ModelConfig
 from pipeline.lock import fsspec_options
+from tests.unit.test_out_of_memory import _chunked_documents, _stage
 
 
 class PickyTokenizer:
@@ -105,3 +108,37 @@ print(out[schema.INPUT_IDS] == {list(loaded.ids)!r}, "torch" in sys.modules, "tr
     root = Path(__file__).resolve().parents[2]
     result = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["True", "False", "False"], result.stderr
+
+
+def test_a_stopwatch_counts_waiting_as_wall_time_and_computing_as_cpu_time() -> None:
+    watch = stages.Stopwatch()
+    time.sleep(0.2)
+    waited = watch.elapsed("wait")
+    assert waited["wait_s"] >= 0.2 and waited["wait_cpu_s"] < 0.1
+    watch.restart()
+    while watch.cpu_s < 0.2:  # busy
+        pass
+    computed = watch.elapsed("work")
+    assert computed["work_cpu_s"] >= 0.2 and computed["work_s"] >= 0.9 * computed["work_cpu_s"]
+
+
+class SleepyEncoder(torch.nn.Module):
+    """The tiny encoder, after a 0.1 s wait per forward: wall time the actor spends without computing."""
+
+    def __init__(self, encoder: torch.nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None):
+        time.sleep(0.1)
+        return self.encoder(input_ids=input_ids, attention_mask=attention_mask)
+
+
+def test_the_embedding_stage_reports_its_wall_and_cpu_seconds(tiny_bert: torch.nn.Module) -> None:
+    run_stats = stages.RunStats()
+    stage = _stage(SleepyEncoder(tiny_bert), max_tokens=40)
+    stage.stats = run_stats
+    stage(_chunked_documents({"a": 30, "b": 30, "c": 30}))  # three one-sequence batches: 0.3 s asleep
+    counters = run_stats.counters
+    assert counters["embed_s"] >= 0.3 and counters["forward_forwards"] == 3
+    assert 0 < counters["embed_cpu_s"] < counters["embed_s"] - 0.2  # the waits are wall time, not CPU
