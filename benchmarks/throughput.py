@@ -2,13 +2,15 @@
 
 Variants (each in a fresh subprocess, so its peak memory is its own):
   late         lateline end to end, late mode: S3 on loopback (moto_server) -> Ray -> LanceDB
+  late-glibc   late mode with ``runtime.cpu_allocator=glibc``: glibc's heap, trimmed on growth, instead of
+               jemalloc (the default), to measure the allocator
   naive        lateline end to end, naive mode
   st-default   sentence-transformers ``encode`` of the same naive chunks, its defaults (what users write)
   st-bf16      the same with the weights in bfloat16
   raw          the bare model forward over exactly the sequences lateline's late mode runs, packed the same
-               way, timed as a plain loop on all threads and as one single-threaded batch per thread at once;
-               the faster is the ceiling for this model here. Plus a measured matmul peak for model FLOP
-               utilisation
+               way, timed as a plain loop on all threads and as one single-threaded batch per thread at once,
+               on jemalloc like lateline's actors; the faster is the ceiling for this model here. Plus a
+               measured matmul peak for model FLOP utilisation
   memory       lateline late mode at ``--memory-docs`` and 10x that: peak memory must stay flat
 
 The corpus is real prose of mixed lengths: pydoc topics (the Python docs shipped with the stdlib), each
@@ -47,7 +49,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-VARIANTS = ("late", "naive", "st-default", "st-bf16", "raw", "memory")
+VARIANTS = ("late", "late-glibc", "naive", "st-default", "st-bf16", "raw", "memory")
 CHUNK_TOKENS = 128
 BUCKET = "lateline-bench"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -411,6 +413,9 @@ def worker(variant: str, work: Path, scale: str) -> None:
     overrides = json.loads((work / "overrides.json").read_text())
     if variant in {"late", "naive"}:
         result = run_lateline(work, source_uri, variant, f"{variant}-{scale}", overrides)
+    elif variant == "late-glibc":
+        glibc = [*overrides, "runtime.cpu_allocator=glibc"]
+        result = run_lateline(work, source_uri, "late", f"{variant}-{scale}", glibc)
     elif variant.startswith("st-"):
         result = run_sentence_transformers(corpus, bf16=variant == "st-bf16")
     elif variant == "raw":
@@ -426,6 +431,12 @@ def run_variant(variant: str, work: Path, scale: str, env: dict[str, str]) -> di
     run it measures: the memory check samples every second, the speed runs every 5 s (3% vs 0.6% of 2 cores)."""
     command = [sys.executable, __file__, "--worker", variant, "--work", str(work), "--scale", scale]
     print(f"  running {variant} ({scale}) ...", flush=True)
+    if variant == "raw":
+        # The ceiling runs on the allocator lateline's actors run on by default (jemalloc, never handing pages
+        # back: fewer page faults than glibc), so it stays the best this machine does with the model.
+        from pipeline.allocator import allocator_environment, bundled_jemalloc
+
+        env = env | allocator_environment("auto", bundled_jemalloc(), env)
     process = subprocess.Popen(command, env=env, cwd=ROOT)
     memory = PeakMemory(process.pid, interval=1.0 if scale.startswith("memory") else 5.0)
     cpu = TreeCpu(process.pid)
@@ -495,6 +506,8 @@ def ratios(results: dict[str, dict[str, Any]]) -> dict[str, float]:
         if "raw" in results and other in results:
             # An upper bound on late_vs_<other>: late mode cannot beat the bare forward over its own tokens.
             out[f"ceiling_vs_{other.replace('-', '_')}"] = speed("raw", other)
+    if "late" in results and "late-glibc" in results:
+        out["late_vs_late_glibc"] = speed("late", "late-glibc")  # jemalloc (the default) against glibc's heap
     if "late" in results and "raw" in results:
         out["late_share_of_ceiling"] = speed("late", "raw")
         # The pipeline's forward passes alone against the ceiling: what a long backfill approaches, once Ray's
@@ -558,7 +571,8 @@ def plot(results: dict[str, dict[str, Any]], found: dict[str, float], path: Path
     figure, axes = plt.subplots(1, 3, figsize=(16, 4.8))
     for axis, key, label in ((axes[0], "docs_per_s", "documents / s"), (axes[1], "tokens_per_s", "tokens / s")):
         values = [results[n][key] for n in names]
-        bars = axis.bar(names, values, color=["#2a6f97" if n in {"late", "naive"} else "#999999" for n in names])
+        lateline = {"late", "late-glibc", "naive"}
+        bars = axis.bar(names, values, color=["#2a6f97" if n in lateline else "#999999" for n in names])
         axis.bar_label(bars, fmt="%.0f" if key == "tokens_per_s" else "%.1f")
         axis.set_title(label)
         axis.tick_params(axis="x", rotation=30)

@@ -135,6 +135,11 @@ class RuntimeConfig(_Strict):
     threads a CPU actor computes with (default: its share of the CPUs; on GPUs, torch's threads);
     ``threads_per_forward``: torch threads per forward pass on CPU, so a CPU actor runs
     ``torch_threads // threads_per_forward`` micro-batches at once.
+    ``cpu_allocator``: the memory allocator of the local Ray lateline starts (see :mod:`pipeline.allocator`):
+    ``auto`` preloads the jemalloc Ray ships into Ray's processes, told never to hand freed pages back, unless
+    ``LD_PRELOAD`` is already set; ``jemalloc`` puts it first in ``LD_PRELOAD`` whatever is there (an error
+    when Ray ships none); ``glibc`` leaves the C library's allocator, and CPU actors then trim their heaps. A
+    cluster lateline joins (``RAY_ADDRESS``) keeps the allocator its nodes were started with.
     ``object_store_budget_mb``: blocks in flight for this job (reading runs far ahead of embedding; without a
     cap, Ray Data lets them pile up in the object store and memory grows with the corpus); ``null``: Ray's
     default."""
@@ -144,6 +149,7 @@ class RuntimeConfig(_Strict):
     num_gpus_per_actor: float | Literal["auto"] = "auto"
     torch_threads: int | None = Field(default=None, gt=0)
     threads_per_forward: int = Field(default=1, gt=0)
+    cpu_allocator: Literal["auto", "jemalloc", "glibc"] = "auto"
     summary_dir: str = "runs"
     progress_seconds: float = Field(default=10.0, gt=0)
     ray_progress_bars: bool = False

@@ -80,7 +80,9 @@ class HeapTrimmer:
     peak memory grew with the corpus (10x the corpus, 1.29x the peak). Trimming after every micro-batch kept it
     flat but made the next forward fault every handed-back page in again (1.6-1.8M page faults per 512 late-mode
     documents, at about 4 us each on the development VM, 10% of the embedding time; benchmarks/heap_trim.py).
-    Trimming on growth only pays when the heap actually crept. Thread-safe: micro-batches run in threads."""
+    Trimming on growth only pays when the heap actually crept; it still cost 8-10% of the CPU of the forward
+    pass, so a local Ray runs on jemalloc by default and actors use this only on glibc (pipeline.allocator).
+    Thread-safe: micro-batches run in threads."""
 
     slack_bytes: int = FREE_HEAP_SLACK
     trims: int = 0
@@ -133,7 +135,8 @@ class ChunkEmbedder:
     stats: ForwardStats = field(default_factory=ForwardStats)
     _stats_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
     _pool: ThreadPoolExecutor | None = field(default=None, init=False, repr=False, compare=False)
-    heap_trimmer: HeapTrimmer = field(default_factory=HeapTrimmer, repr=False, compare=False)
+    # None: no trims (jemalloc keeps its heap flat itself; see pipeline.allocator).
+    heap_trimmer: HeapTrimmer | None = field(default_factory=HeapTrimmer, repr=False, compare=False)
 
     def plan(self, docs: Sequence[tuple[Sequence[int], Sequence[tuple[int, int]]]]) -> EncodePlan:
         """The sequences and pieces for ``docs`` (each ``(input_ids, token spans)``) in this embedder's mode."""
@@ -181,7 +184,7 @@ class ChunkEmbedder:
 
         def forward(batch: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
             results = self._forward_or_split(plan.sequences, batch, pieces_by_sequence)
-            if on_cpu:
+            if on_cpu and self.heap_trimmer is not None:
                 self.heap_trimmer.after_micro_batch()
             return results
 

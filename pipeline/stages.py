@@ -35,6 +35,8 @@ from pipeline.sources import read_objects
 OBJECT_ROWS = "object_rows:"
 # Counter-name prefix of the actors that computed in a dtype (``compute_dtype:bfloat16`` = how many did).
 COMPUTE_DTYPE = "compute_dtype:"
+# Counter-name prefix of the actors that ran with an allocator (``allocator:jemalloc`` = how many did).
+ALLOCATOR = "allocator:"
 
 
 class RunStats:
@@ -259,11 +261,14 @@ class EmbedChunks:
         # import this module too, and torch would cost each of them about a second of CPU and 100+ MiB.
         import torch
 
-        from pipeline.embedding import ChunkEmbedder
+        from pipeline.allocator import running_allocator
+        from pipeline.embedding import ChunkEmbedder, HeapTrimmer
 
         if torch_threads:
             torch.set_num_threads(torch_threads)
         loaded = load_model(model, embedding.document_prefix)
+        # What this process runs with, not what was asked for: a Ray lateline did not start keeps its own.
+        allocator = running_allocator()
         embedder = ChunkEmbedder(
             loaded,
             embedding.mode,
@@ -271,10 +276,11 @@ class EmbedChunks:
             batching.max_tokens,
             batching.max_sequences,
             parallel_batches=parallel_batches,
+            heap_trimmer=HeapTrimmer() if allocator == "glibc" else None,
         )
         self._use(embedder, stats)
         # Each actor resolves ``model.dtype: auto`` on its own hardware; the summary lists what they computed in.
-        report(stats, {**watch.elapsed("model_load"), COMPUTE_DTYPE + loaded.dtype: 1})
+        report(stats, {**watch.elapsed("model_load"), COMPUTE_DTYPE + loaded.dtype: 1, ALLOCATOR + allocator: 1})
 
     @classmethod
     def with_embedder(cls, embedder: Any, stats: Any = None) -> EmbedChunks:

@@ -115,3 +115,18 @@ def test_module_form_used_by_ray_job_submit(tmp_path: Path) -> None:
         timeout=120,
     )
     assert result.returncode == 2 and "chunking.size" in result.stderr
+
+
+def test_a_local_run_starts_ray_on_jemalloc_and_its_actors_say_so(tmp_path: Path) -> None:
+    """The Ray a job starts itself runs on the jemalloc Ray ships (runtime.cpu_allocator: auto): the actors
+    report it in the summary, and do not trim a heap that is not glibc's."""
+    from pipeline.allocator import bundled_jemalloc
+
+    if bundled_jemalloc() is None:
+        pytest.skip("this Ray ships no jemalloc")
+    result = _lateline("index", "--config", _write(tmp_path, _local(tmp_path)), "--limit", "8")
+    assert result.returncode == 0, result.stderr[-2000:]
+    (summary_path,) = (tmp_path / "runs").glob("*/summary.json")
+    summary = yaml.safe_load(summary_path.read_text())  # JSON is YAML
+    assert summary["counts"]["docs_written"] == 8
+    assert summary["actors"]["allocators"] == {"jemalloc": summary["actors"]["size"]}

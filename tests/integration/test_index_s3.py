@@ -117,6 +117,8 @@ def test_the_summary_times_each_phase_of_the_run(indexed: dict) -> None:
 def test_the_summary_says_what_dtype_the_actors_computed_in(indexed: dict) -> None:
     actors = indexed["summary"]["actors"]
     assert actors["compute_dtypes"] == {"float32": actors["size"]}  # this config asks for float32
+    # The tests start Ray themselves (no preload): a Ray lateline did not start keeps its allocator.
+    assert actors["allocators"] == {"glibc": actors["size"]}
 
 
 def test_rows_carry_offsets_that_slice_the_source_text(indexed: dict) -> None:

@@ -174,6 +174,19 @@ def test_raycluster_has_a_cpu_group_and_a_gpu_group_that_requests_nvidia_gpus() 
         assert all(c["image"].endswith("-cpu") for c in _containers(group["template"]))
 
 
+def test_cpu_workers_preload_the_jemalloc_the_image_links_never_handing_pages_back() -> None:
+    from pipeline.allocator import JEMALLOC_CONF
+
+    linked = re.search(r"(/usr/local/lib/\S+\.so)\s*\\?\n\s*&& test -f \1", (INFRA / "Dockerfile").read_text())
+    assert linked, "the image links Ray's libjemalloc.so to a stable path and checks it is there"
+    cluster = _only("RayCluster")
+    for group in cluster["spec"]["workerGroupSpecs"]:
+        for container in _containers(group["template"]):
+            if _gpus(container) == 0:
+                env = {e["name"]: e.get("value") for e in container.get("env", [])}
+                assert env.get("LD_PRELOAD") == linked.group(1) and env.get("MALLOC_CONF") == JEMALLOC_CONF
+
+
 def _head_mounts(cluster: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """mount path -> volume, for the head container."""
     template = cluster["spec"]["headGroupSpec"]["template"]
