@@ -127,14 +127,21 @@ def _children_by_parent() -> dict[int, list[int]]:
     return children
 
 
+def tree_pids(root: int) -> list[int]:
+    """``root`` and all its descendants living now (root first)."""
+    children, pids, stack = _children_by_parent(), [], [root]
+    while stack:
+        pid = stack.pop()
+        pids.append(pid)
+        stack.extend(children.get(pid, []))
+    return pids
+
+
 def tree_pss_bytes(root: int) -> int:
     """Proportional set size of ``root`` and all its descendants (shared pages counted once, split among
     their users), so Ray's shared object store is not counted per worker."""
-    children = _children_by_parent()
-    total, stack = 0, [root]
-    while stack:
-        pid = stack.pop()
-        stack.extend(children.get(pid, []))
+    total = 0
+    for pid in tree_pids(root):
         try:
             for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
                 if line.startswith("Pss:"):
@@ -149,11 +156,8 @@ def tree_cpu_seconds(root: int) -> dict[tuple[int, int], tuple[float, str]]:
     """CPU seconds (user + system) so far of ``root`` and its descendants: ``(pid, start tick) -> (seconds,
     role)``, the role ``driver`` for ``root``, ``embedding actor`` for Ray's actor-pool workers (its process
     title ``ray::MapWorker(...)``) and ``other`` for the rest (Ray's own processes, task workers)."""
-    children, found, stack = _children_by_parent(), {}, [root]
-    tick = os.sysconf("SC_CLK_TCK")
-    while stack:
-        pid = stack.pop()
-        stack.extend(children.get(pid, []))
+    found, tick = {}, os.sysconf("SC_CLK_TCK")
+    for pid in tree_pids(root):
         try:
             stat = Path(f"/proc/{pid}/stat").read_text()
         except OSError:
