@@ -24,6 +24,13 @@ chunk texts prepared beforehand (reading, chunking and writing not counted, in i
     python benchmarks/throughput.py --variants late,raw  # a subset
     python benchmarks/throughput.py --set runtime.threads_per_forward=2   # lateline tuned (the ceiling is
                                                                           # always timed both ways)
+    python benchmarks/throughput.py --docs 2000 --rounds 3   # every variant 3 times, interleaved
+
+This machine's speed drifts by 10-25% within an hour, so one run's ratio can land on either side of a target.
+``--rounds N`` runs the variants N times, round after round (each round in a rotated order, each run on a
+fresh table), and computes each ratio within each round, from runs minutes apart. It reports the median of
+those paired ratios, their range and in how many rounds each target held; the table shows, per variant, its
+run with the median wall time.
 
 Prints a table and the ratios, writes ``throughput.json`` and ``throughput.png`` under ``--out``.
 """
@@ -37,6 +44,7 @@ import os
 import random
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -410,30 +418,34 @@ def matmul_peak_gflops(dtype: str, size: int = 2048, repeats: int = 8) -> float:
     return 2 * size**3 * repeats / (time.perf_counter() - started) / 1e9
 
 
-def worker(variant: str, work: Path, scale: str) -> None:
-    """Run one variant in this process and write ``<work>/<variant>.json``."""
+def worker(variant: str, work: Path, scale: str, name: str) -> None:
+    """Run one variant in this process and write ``<work>/<name>.json`` (a lateline run writes to a table of
+    its own, ``db-<name>``, so no run finds another's documents there)."""
     corpus = json.loads((work / f"corpus-{scale}.json").read_text())
     source_uri = f"s3://{BUCKET}/{scale}"
     overrides = json.loads((work / "overrides.json").read_text())
     if variant in {"late", "naive"}:
-        result = run_lateline(work, source_uri, variant, f"{variant}-{scale}", overrides)
+        result = run_lateline(work, source_uri, variant, name, overrides)
     elif variant == "late-glibc":
         glibc = [*overrides, "runtime.cpu_allocator=glibc"]
-        result = run_lateline(work, source_uri, "late", f"{variant}-{scale}", glibc)
+        result = run_lateline(work, source_uri, "late", name, glibc)
     elif variant.startswith("st-"):
         result = run_sentence_transformers(corpus, bf16=variant == "st-bf16")
     elif variant == "raw":
         result = run_raw_forward(corpus, lateline_config(work, source_uri, "late", "raw", overrides))
     else:
         raise ValueError(f"unknown variant {variant!r}")
-    (work / f"{variant}-{scale}.json").write_text(json.dumps(result))
+    (work / f"{name}.json").write_text(json.dumps(result))
 
 
 # --- the parent: prepare, run each variant in a subprocess, report -----------------------------------------
-def run_variant(variant: str, work: Path, scale: str, env: dict[str, str]) -> dict[str, Any]:
-    """Run one variant in a subprocess. A sample of a Ray process tree's PSS costs ~60 ms of CPU, taken from the
-    run it measures: the memory check samples every second, the speed runs every 5 s (3% vs 0.6% of 2 cores)."""
-    command = [sys.executable, __file__, "--worker", variant, "--work", str(work), "--scale", scale]
+def run_variant(variant: str, work: Path, scale: str, env: dict[str, str], name: str | None = None) -> dict[str, Any]:
+    """Run one variant in a subprocess, its files and table named ``name`` (default ``<variant>-<scale>``; a
+    name a run already used finds that run's documents in its table). A sample of a Ray process tree's PSS
+    costs ~60 ms of CPU, taken from the run it measures: the memory check samples every second, the speed runs
+    every 5 s (3% vs 0.6% of 2 cores)."""
+    name = name or f"{variant}-{scale}"
+    command = [sys.executable, __file__, "--worker", variant, "--work", str(work), "--scale", scale, "--name", name]
     print(f"  running {variant} ({scale}) ...", flush=True)
     if variant == "raw":
         # The ceiling runs on the allocator lateline's actors run on by default (jemalloc, never handing pages
@@ -448,7 +460,7 @@ def run_variant(variant: str, work: Path, scale: str, env: dict[str, str]) -> di
     peak, sampled_cpu = memory.stop(), cpu.stop()
     if code != 0:
         raise RuntimeError(f"variant {variant} exited with {code}")
-    result = json.loads((work / f"{variant}-{scale}.json").read_text())
+    result = json.loads((work / f"{name}.json").read_text())
     result["peak_memory_mib"] = peak / 2**20
     if "stage_cpu_s" in result:
         result["cpu_s"] = cpu_breakdown(result["stage_cpu_s"], sampled_cpu, result["wall_s"], _cores())
@@ -535,7 +547,42 @@ def ratios(results: dict[str, dict[str, Any]]) -> dict[str, float]:
     return out
 
 
-def print_table(results: dict[str, dict[str, Any]], found: dict[str, float]) -> None:
+def rotated(variants: list[str], round_index: int) -> list[str]:
+    """Round ``round_index``'s order: the variants shifted by that many places, so that over the rounds no
+    variant always runs first (a cold machine) or right after the same neighbour."""
+    shift = round_index % len(variants) if variants else 0
+    return variants[shift:] + variants[:shift]
+
+
+def summarize_rounds(
+    rounds: list[dict[str, dict[str, Any]]],
+) -> tuple[dict[str, dict[str, Any]], dict[str, float], dict[str, dict[str, Any]]]:
+    """The rounds' results in one report: per variant its run with the median wall time (the lower middle one
+    for an even count), each ratio's median over the rounds' paired ratios (each computed within one round),
+    and per ratio its ``min``, ``max``, ``rounds`` and, for a target, ``held`` (in how many rounds it held)."""
+    per_round = [ratios(one) for one in rounds]
+    results = {}
+    for variant in rounds[0]:
+        runs = sorted((one[variant] for one in rounds), key=lambda run: run["wall_s"])
+        results[variant] = runs[(len(runs) - 1) // 2]
+    found, spread = {}, {}
+    for name in per_round[0]:
+        values = [one[name] for one in per_round]
+        found[name] = statistics.median(values)
+        spread[name] = {"min": min(values), "max": max(values), "rounds": len(values)}
+        if name in TARGETS:
+            spread[name]["held"] = sum(target_holds(name, value) for value in values)
+    return results, found, spread
+
+
+def target_holds(name: str, value: float) -> bool:
+    """Whether ``value`` meets ratio ``name``'s target (memory ratios are upper bounds, the rest lower)."""
+    return value <= TARGETS[name] if "memory" in name else value >= TARGETS[name]
+
+
+def print_table(
+    results: dict[str, dict[str, Any]], found: dict[str, float], spread: dict[str, dict[str, Any]] | None = None
+) -> None:
     header = f"{'variant':<12} {'dtype':<9} {'wall s':>8} {'tok/s':>8} {'docs/s':>7} {'chunks/s':>9} "
     print("\n" + header + f"{'pad waste':>9} {'peak MiB':>9}  phases (s)")
     for name, r in results.items():
@@ -556,13 +603,19 @@ def print_table(results: dict[str, dict[str, Any]], found: dict[str, float]) -> 
     if "raw" in results and "forward_cpu_s" in results["raw"]:
         print(f"  (the ceiling's forward passes over the same sequences: {results['raw']['forward_cpu_s']:.1f} CPU s)")
     print()
+    spread = spread or {}
     for name, value in found.items():
-        target = TARGETS.get(name)
-        check = "" if target is None else (f"  target {'<=' if 'memory' in name else '>='} {target}: ")
-        if target is not None:
-            held = value <= target if "memory" in name else value >= target
-            check += "holds" if held else "MISSED"
-        print(f"{name:<28} {value:6.3f}{check}")
+        rounds = spread.get(name, {"rounds": 1})
+        across = ""
+        if rounds["rounds"] > 1:
+            across = f"  (median of {rounds['rounds']} rounds, {rounds['min']:.3f}-{rounds['max']:.3f})"
+        check = ""
+        if name in TARGETS:
+            check = f"  target {'<=' if 'memory' in name else '>='} {TARGETS[name]}: "
+            check += "holds" if target_holds(name, value) else "MISSED"
+            if "held" in rounds:
+                check += f", held in {rounds['held']} of {rounds['rounds']} rounds"
+        print(f"{name:<31} {value:6.3f}{across}{check}")
 
 
 def plot(results: dict[str, dict[str, Any]], found: dict[str, float], path: Path, title: str) -> None:
@@ -600,6 +653,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="eval-results/throughput", help="directory for JSON and PNG")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run the variants this many times, interleaved; ratios are medians of per-round pairs",
+    )
+    parser.add_argument(
         "--set",
         action="append",
         default=[],
@@ -609,10 +668,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     parser.add_argument("--scale", help=argparse.SUPPRESS)
+    parser.add_argument("--name", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        worker(args.worker, Path(args.work), args.scale)
+        worker(args.worker, Path(args.work), args.scale, args.name or f"{args.worker}-{args.scale}")
         return 0
+    if args.rounds < 1:
+        parser.error(f"--rounds: must be at least 1, got {args.rounds}")
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
@@ -642,14 +704,22 @@ def benchmark(args: argparse.Namespace, variants: list[str]) -> int:
             (work / f"corpus-{scale}.json").write_text(json.dumps(docs))
             write_jsonl_shards(docs, fs, f"{BUCKET}/{scale}")
         print(f"corpus: {args.docs} docs of pydoc prose in s3://{BUCKET}/main ({endpoint}); work dir {work}")
-        results = {v: run_variant(v, work, "main", env) for v in variants if v != "memory"}
-        if len(scales) > 1:
-            for scale in ("memory-1x", "memory-10x"):
-                results[scale] = run_variant("late", work, scale, env)
+        speed = [v for v in variants if v != "memory"]
+        rounds = []
+        for index in range(args.rounds):
+            order = rotated(speed, index)
+            if args.rounds > 1:
+                print(f"round {index + 1} of {args.rounds}: {', '.join(order)}", flush=True)
+            runs = {v: run_variant(v, work, "main", env, f"{v}-main-round{index}") for v in order}
+            rounds.append({v: runs[v] for v in speed})
+        results, found, spread = summarize_rounds(rounds) if speed else ({}, {}, {})
+        if len(scales) > 1:  # once: the memory ratio is about streaming, not speed, and drifts far less
+            memory = {scale: run_variant("late", work, scale, env) for scale in ("memory-1x", "memory-10x")}
+            results |= memory
+            found |= ratios(memory)
     finally:
         moto.terminate()
-    found = ratios(results)
-    print_table(results, found)
+    print_table(results, found, spread)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     machine = {"cpus": os.cpu_count(), "torch_threads": _torch_threads()}
@@ -657,9 +727,12 @@ def benchmark(args: argparse.Namespace, variants: list[str]) -> int:
         "docs": args.docs,
         "overrides": args.set,
         "machine": machine,
+        "rounds": args.rounds,
         "results": results,
         "ratios": found,
+        "ratio_ranges": spread,
         "targets": TARGETS,
+        "round_results": rounds if args.rounds > 1 else [],
     }
     (out / "throughput.json").write_text(json.dumps(report, indent=2))
     plot(results, found, out / "throughput.png", f"lateline throughput, {args.docs} docs, {os.cpu_count()} CPUs")
