@@ -735,7 +735,10 @@ def benchmark(args: argparse.Namespace, variants: list[str]) -> int:
         "round_results": rounds if args.rounds > 1 else [],
     }
     (out / "throughput.json").write_text(json.dumps(report, indent=2))
-    plot(results, found, out / "throughput.png", f"lateline throughput, {args.docs} docs, {os.cpu_count()} CPUs")
+    title = f"lateline throughput, {args.docs} docs, {os.cpu_count()} CPUs"
+    if args.rounds > 1:
+        title += f"; each variant's median run of {args.rounds} rounds, ratios the medians of per-round pairs"
+    plot(results, found, out / "throughput.png", title)
     print(f"\nwrote {out / 'throughput.json'} and {out / 'throughput.png'}")
     shutil.rmtree(work, ignore_errors=True)
     return 0
