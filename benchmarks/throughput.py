@@ -449,10 +449,12 @@ def run_variant(variant: str, work: Path, scale: str, env: dict[str, str], name:
     print(f"  running {variant} ({scale}) ...", flush=True)
     if variant == "raw":
         # The ceiling runs on the allocator lateline's actors run on by default (jemalloc, never handing pages
-        # back: fewer page faults than glibc), so it stays the best this machine does with the model.
-        from pipeline.allocator import allocator_environment, bundled_jemalloc
+        # back: fewer page faults than glibc) and with oneDNN's cache capped as in the actors, so it stays the
+        # best this machine does with the model.
+        from pipeline import allocator
 
-        env = env | allocator_environment("auto", bundled_jemalloc(), env)
+        env = env | allocator.allocator_environment("auto", allocator.bundled_jemalloc(), env)
+        env = {allocator.ONEDNN_CACHE_VARIABLE: allocator.ONEDNN_CACHE_ENTRIES} | env
     process = subprocess.Popen(command, env=env, cwd=ROOT)
     memory = PeakMemory(process.pid, interval=1.0 if scale.startswith("memory") else 5.0)
     cpu = TreeCpu(process.pid)

@@ -13,6 +13,8 @@ the driver's environment afterwards. Not through an actor's runtime environment:
 Ray's prestarted workers and cost 2-7 s of start-up. A cluster lateline joins (``RAY_ADDRESS``) keeps the
 allocator its nodes were started with (``infra/`` sets jemalloc in its images); each actor reports what it
 runs with, and trims its heap only on glibc.
+
+Each embedding actor also caps oneDNN's primitive cache (:func:`limit_onednn_cache`), on any cluster.
 """
 
 from __future__ import annotations
@@ -28,6 +30,13 @@ from pipeline.config import ConfigError
 # Never hand freed pages back to the OS (dirty and muzzy pages are kept for reuse): the next forward pass
 # reuses them without a fault. The heap then stays at the working set of the largest micro-batches.
 JEMALLOC_CONF = "dirty_decay_ms:-1,muzzy_decay_ms:-1"
+
+# oneDNN (PyTorch's CPU kernels for bf16 matmuls) keeps a compiled primitive per input shape, 1,024 by default.
+# Length-sorted packing gives nearly every micro-batch a shape of its own, so that cache fills with primitives
+# never used again. Measured over 600 late-mode documents (the bare forward, two batches at once): peak 774-786
+# MiB with 16 entries against 915-929 MiB with the default, and no slower (23.5-24.0 s against 24.3-24.8 s).
+ONEDNN_CACHE_VARIABLE = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
+ONEDNN_CACHE_ENTRIES = "16"
 
 
 def bundled_jemalloc() -> str | None:
@@ -74,6 +83,12 @@ def environment(changes: Mapping[str, str], environ: MutableMapping[str, str] = 
                 environ.pop(name, None)
             else:
                 environ[name] = value
+
+
+def limit_onednn_cache(environ: MutableMapping[str, str] = os.environ) -> None:
+    """Cap oneDNN's primitive cache at :data:`ONEDNN_CACHE_ENTRIES` unless the user set a capacity. oneDNN
+    reads the variable when it first builds a primitive: call this before the process's first CPU forward."""
+    environ.setdefault(ONEDNN_CACHE_VARIABLE, ONEDNN_CACHE_ENTRIES)
 
 
 def running_allocator() -> str:

@@ -256,12 +256,14 @@ class EmbedChunks:
         stats: Any = None,
         parallel_batches: int = 1,
     ) -> None:
+        from pipeline.allocator import limit_onednn_cache, running_allocator
+
         watch = Stopwatch()
+        limit_onednn_cache()  # before torch builds its first CPU kernel in this process
         # torch is imported here, in the actor, and not at module level: the reading and tokenizing workers
         # import this module too, and torch would cost each of them about a second of CPU and 100+ MiB.
         import torch
 
-        from pipeline.allocator import running_allocator
         from pipeline.embedding import ChunkEmbedder, HeapTrimmer
 
         if torch_threads:

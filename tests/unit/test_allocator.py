@@ -9,7 +9,14 @@ import sys
 
 import pytest
 
-from pipeline.allocator import JEMALLOC_CONF, allocator_environment, bundled_jemalloc, environment
+from pipeline.allocator import (
+    JEMALLOC_CONF,
+    ONEDNN_CACHE_ENTRIES,
+    allocator_environment,
+    bundled_jemalloc,
+    environment,
+    limit_onednn_cache,
+)
 from pipeline.config import ConfigError
 
 JEMALLOC = "/ray/core/libjemalloc.so"
@@ -56,3 +63,12 @@ def test_a_process_says_which_allocator_serves_it() -> None:
 
     assert run({}) == "glibc"
     assert run(allocator_environment("auto", bundled_jemalloc(), {})) == "jemalloc"
+
+
+def test_onednn_cache_is_capped_unless_the_user_set_a_capacity() -> None:
+    environ: dict[str, str] = {}
+    limit_onednn_cache(environ)
+    assert environ == {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": ONEDNN_CACHE_ENTRIES}
+    mine = {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "256"}
+    limit_onednn_cache(mine)
+    assert mine == {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "256"}
