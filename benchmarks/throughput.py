@@ -673,7 +673,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        worker(args.worker, Path(args.work), args.scale, args.name or f"{args.worker}-{args.scale}")
+        worker(args.worker, Path(args.work), args.scale, args.name)  # run_variant always names the run
         return 0
     if args.rounds < 1:
         parser.error(f"--rounds: must be at least 1, got {args.rounds}")
