@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
@@ -144,9 +144,9 @@ class RuntimeConfig(_Strict):
     cap, Ray Data lets them pile up in the object store and memory grows with the corpus); ``null``: Ray's
     default."""
 
-    num_actors: int | Literal["auto"] = "auto"
+    num_actors: Annotated[int, Field(gt=0)] | Literal["auto"] = "auto"
     num_cpus_per_actor: float = Field(default=1.0, gt=0)
-    num_gpus_per_actor: float | Literal["auto"] = "auto"
+    num_gpus_per_actor: Annotated[float, Field(ge=0)] | Literal["auto"] = "auto"
     torch_threads: int | None = Field(default=None, gt=0)
     threads_per_forward: int = Field(default=1, gt=0)
     cpu_allocator: Literal["auto", "jemalloc", "glibc"] = "auto"

@@ -210,3 +210,16 @@ def test_redacted_masks_secrets_but_keeps_the_endpoint() -> None:
     text = repr(data)
     assert not re.search("AKIAEXAMPLE|s3cr3t|hunter2|sess'", text)
     assert config.source.storage_options["key"] == "AKIAEXAMPLE"  # the config itself is untouched
+
+
+@pytest.mark.parametrize(("key", "value"), [("num_actors", 0), ("num_actors", -2), ("num_gpus_per_actor", -1)])
+def test_actor_counts_out_of_range_are_rejected_before_ray(key: str, value: int) -> None:
+    """A pool of 0 actors failed inside Ray (ZeroDivisionError); -1 GPUs was silently 0: both are config errors."""
+    message = error_of({"source": SOURCE, "runtime": {key: value}})
+    assert f"runtime.{key}" in message and str(value) in message
+
+
+def test_actor_counts_in_range_and_auto_are_accepted() -> None:
+    config = parse_config({"source": SOURCE, "runtime": {"num_actors": 1, "num_gpus_per_actor": 0}})
+    assert (config.runtime.num_actors, config.runtime.num_gpus_per_actor) == (1, 0)
+    assert parse_config({"source": SOURCE}).runtime.num_actors == "auto"
