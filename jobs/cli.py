@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from importlib.metadata import version
 
 JOBS = {
     "index": "bring the table in line with the whole source (incremental)",
@@ -23,10 +24,15 @@ JOBS = {
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--version"]:
+        print(f"lateline {version('lateline')}")
+        return 0
     asked = bool(argv) and argv[0] in {"-h", "--help"}
     if not argv or asked or argv[0] not in JOBS:
         known = "\n".join(f"  {name:<11} {text}" for name, text in JOBS.items())
-        usage = f"usage: lateline <job> [options]  (lateline <job> --help for more)\n\njobs:\n{known}"
+        usage = (
+            f"usage: lateline <job> [options]  (lateline <job> --help for more; lateline --version)\n\njobs:\n{known}"
+        )
         if asked:  # help that was asked for goes to stdout, so it can be paged
             print(usage)
             return 0

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from jobs.common import config_arguments, fail, parse, run_writing_job
+from jobs.common import config_arguments, fail, load_or_exit, run_writing_job
 from pipeline.deadletters import dead_letter_table_name, read_dead_letters
 from pipeline.runner import EXIT_CODES, run_index
 from pipeline.sink import open_table
@@ -24,7 +24,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args, config = parse(parser(), argv)
+    p = parser()
+    args = p.parse_args(argv)
+    if args.json and args.action != "list":
+        p.error(f"--json: only `list` prints dead letters; `{args.action}` prints a run summary")  # exits 2
+    config = load_or_exit(args)
     if isinstance(config, int):
         return config
     sink = config.sink

@@ -11,6 +11,7 @@ from jobs.common import config_arguments, fail, load_or_exit, run_writing_job
 from pipeline.config import ConfigError, JobConfig
 from pipeline.dryrun import dry_run
 from pipeline.runner import EXIT_CODES, run_index
+from pipeline.sink import TableMismatch
 from pipeline.sources import SourceError
 
 
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
 def _dry_run(config: JobConfig) -> int:
     try:
         estimate = dry_run(config)
-    except (ConfigError, SourceError) as exc:
+    except (ConfigError, SourceError, TableMismatch) as exc:
         return fail(str(exc), "config")
     print(json.dumps(estimate, indent=2))
     for warning in estimate["warnings"]:

@@ -33,6 +33,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.unserved:
         tables += [t for t in model_tables(db, sink.table) if t != serving and t not in tables]
     if not tables:
+        if args.unserved:  # nothing left to clean up is a success, so a scheduled clean-up can run it blindly
+            print(json.dumps({"alias": sink.table, "serving": serving, "dropped": []}, indent=2))
+            print(
+                f"nothing to retire: {sink.table!r} has no table besides {serving!r}, which it serves", file=sys.stderr
+            )
+            return EXIT_CODES["ok"]
         return fail("name tables with --table, or pass --unserved", "config")
     try:
         dropped = retire(db, sink.uri, sink.table, tables, sink.storage_options)

@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.k <= 0:
         return fail(f"-k: must be > 0 (got {args.k})", "config")
+    if not args.query.strip():  # an empty query embeds to a vector near nothing in particular: ranks mean nothing
+        return fail(f"query: must have some text (got {args.query!r})", "config")
     config = load_or_exit(args)
     if isinstance(config, int):
         return config

@@ -43,6 +43,13 @@ class SourceConfig(_Strict):
     max_doc_chars: int = Field(default=5_000_000, gt=0)
     read_batch_docs: int = Field(default=1_000, gt=0)
 
+    @field_validator("include")
+    @classmethod
+    def _some_pattern(cls, include: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if include is not None and not include:
+            raise ValueError("must name at least one file pattern, e.g. ['*.jsonl'], or be left out (got [])")
+        return include
+
     def include_patterns(self) -> tuple[str, ...]:
         """File name patterns kept when ``uri`` names a directory or prefix."""
         if self.include is not None:
@@ -67,6 +74,8 @@ class ChunkingConfig(_Strict):
     @classmethod
     def _overlap_below_size(cls, overlap: int, info: ValidationInfo) -> int:
         size = info.data.get("size")
+        if info.data.get("strategy") != "tokens":  # only token windows overlap; the others ignore it
+            return overlap
         if size is not None and overlap >= size:
             raise ValueError(f"must be < chunking.size ({size}) (got {overlap})")
         return overlap

@@ -10,10 +10,12 @@ second of embedding (the actors' forward time), plus its start-up and writing ti
 read anything (objects the object manifest does not show unchanged, as the run decides). Else a short forward
 benchmark on the sampled documents on this machine (labelled as such: a cluster may be faster), plus
 ``STARTUP_GUESS_S`` of start-up. A sample whose every record is bad comes with a warning naming the setting.
+A table the run would refuse (another model's vectors, other settings) raises ``TableMismatch`` as the run does.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -29,8 +31,8 @@ from pipeline.fingerprint import embedding_settings, settings_digest
 from pipeline.known import KnownDocuments, read_known_documents
 from pipeline.lock import fsspec_options
 from pipeline.manifest import ObjectManifest
-from pipeline.model import describe_model, raw_tokenizer
-from pipeline.sink import open_table, read_table_record
+from pipeline.model import ModelIdentity, describe_model, raw_tokenizer
+from pipeline.sink import check_compatible, open_table, read_table_record
 from pipeline.sources import fingerprinted, list_source_objects, objects_table, read_object
 
 SAMPLE_OBJECTS = 5
@@ -45,11 +47,12 @@ STARTUP_GUESS_S = 15.0
 def dry_run(config: JobConfig) -> dict[str, Any]:
     """The estimate as JSON data (see the module doc)."""
     tokenizer, _, _, identity = describe_model(config.model, config.embedding.document_prefix)
+    identity = dataclasses.replace(identity, dtype=config.sink.vector_dtype)
     settings = embedding_settings(config.chunking, config.embedding, identity)
     digest = settings_digest(settings)
+    known = _known_documents(config, identity, settings)
     objects = list_source_objects(config.source)
     total_bytes = sum(obj.size or 0 for obj in objects)
-    known = _known_documents(config)
     sample = _sample(objects, config, digest, known, raw_tokenizer(tokenizer))
     scale = total_bytes / sample["bytes"] if sample["bytes"] else 0.0
     docs, tokens = sample["docs"] * scale, sample["tokens"] * scale
@@ -133,13 +136,16 @@ def _count(doc: dict[str, Any], totals: dict[str, Any], backend: Any, text: str 
             totals["texts"].append(text)
 
 
-def _known_documents(config: JobConfig) -> KnownDocuments:
+def _known_documents(config: JobConfig, identity: ModelIdentity, settings: dict) -> KnownDocuments:
+    """The table's documents, empty for a new table or an overwrite. Raises ``TableMismatch``, as the run
+    would, when the table holds another model's vectors or was built with other settings."""
     fs, path = url_to_fs(config.sink.uri, **fsspec_options(config.sink.storage_options))
     if not fs.exists(path):  # connecting would create the directory, and a dry run writes nothing
         return KnownDocuments()
     table = open_table(config.sink.uri, config.sink.table, config.sink.storage_options)
-    if table is None or config.sink.mode == "overwrite" or read_table_record(table) is None:
+    if table is None or config.sink.mode == "overwrite":
         return KnownDocuments()
+    check_compatible(config.sink.table, read_table_record(table), identity, settings)
     return read_known_documents(table)
 
 

@@ -46,6 +46,14 @@ def resolve_model_path(name_or_path: str, storage_options: dict[str, Any] | None
     return name_or_path
 
 
+def looks_like_local_path(name_or_path: str) -> bool:
+    """PURE: whether ``name_or_path`` can only be a local path, not a hub id (``org/name``: one slash at most,
+    never leading) or an object-storage URI."""
+    if "://" in name_or_path:
+        return False
+    return name_or_path.startswith(("/", ".", "~")) or name_or_path.count("/") > 1 or "\\" in name_or_path
+
+
 class ModelNotFound(ConfigError):
     """``model.name_or_path`` names no model this machine can load (no local directory with a config and a
     fast tokenizer, and no model id a reachable hub serves)."""
@@ -54,6 +62,10 @@ class ModelNotFound(ConfigError):
     def of(cls, name_or_path: str, path: str, exc: BaseException) -> ModelNotFound:
         if str(exc).startswith("model.name_or_path"):
             return cls(str(exc))
+        if looks_like_local_path(name_or_path) and not Path(path).expanduser().exists():
+            # Hugging Face's error here would be about repo-id syntax; the user meant a directory.
+            where = Path(name_or_path).expanduser().absolute()
+            return cls(f"model.name_or_path: no such directory {name_or_path!r} ({where}, from {Path.cwd()})")
         where = (
             "a local directory without a loadable config.json and tokenizer"
             if Path(path).is_dir()

@@ -381,6 +381,7 @@ def execute_job(
         sink.commit()
         docs_written = sink.stats["docs_written"]
         warn_if_nothing_indexed(context.config, tally, docs_written)
+        warn_about_duplicates(context.job, tally)
         status = budget_status(context.config, tally, docs_written)
         if nothing_indexed(tally, docs_written):  # a wrong setting, not a success, whatever the budget allows
             status = "failure_budget_exceeded"
@@ -553,6 +554,30 @@ def warn_if_nothing_indexed(config: JobConfig, tally: Tally, docs_written: int) 
     dead = sum(tally.dead_lettered.values())
     note = bad_records_note(config, tally.dead_lettered)
     log(f"warning: every one of the {dead:,} records read was dead-lettered {note}")
+
+
+def warn_about_duplicates(job: str, tally: Tally) -> None:
+    """Say what dropped ``duplicate_doc_id`` copies cost and what to do: each was read and embedded before its
+    id was found taken. A backfill or replay keeps the copies of objects it does not read, so documents that
+    moved to the objects it reads all come out as duplicates: ``index`` over the whole source moves them."""
+    duplicates = tally.dead_lettered.get("duplicate_doc_id", 0)
+    if not duplicates:
+        return
+    copies = f"{duplicates:,} {'copy' if duplicates == 1 else 'copies'}"
+    head = (
+        f"warning: {copies} dropped as duplicate_doc_id, embedded for nothing (`lateline deadletter list` names each)"
+    )
+    if job == "index":
+        advice = (
+            "their ids are indexed from other objects; every run reads them again until one copy of each id is gone"
+        )
+    else:
+        advice = (
+            f"a {job} keeps what the table holds from objects it does not read. If these documents moved to the "
+            "objects read here, run `lateline index` over the whole source: it embeds each moved document once "
+            "and removes the copies whose objects are gone"
+        )
+    log(f"{head}; {advice}")
 
 
 def bad_records_note(config: JobConfig, reasons: Counter) -> str:

@@ -112,11 +112,58 @@ def check_compatible(table_name: str, stored: dict[str, Any] | None, identity: M
             f"table {table_name!r} stores {stored_dtype} vectors; this job asks for {identity.dtype} "
             f"(sink.vector_dtype). Keep sink.vector_dtype={stored_dtype}, or rebuild with --set sink.mode=overwrite."
         )
-    if stored.get("settings") != settings:
+    differences = settings_differences(stored.get("settings") or {}, settings)
+    if differences:
         raise TableMismatch(
-            f"table {table_name!r} was built with other chunking/embedding settings {stored.get('settings')}; "
-            f"this job has {settings}. Use --set sink.mode=overwrite to rebuild it, or another sink.table."
+            f"table {table_name!r} was built with other chunking/embedding settings: {'; '.join(differences)}. "
+            f"Set these keys as the table has them, rebuild it with --set sink.mode=overwrite, or use another "
+            f"sink.table."
         )
+
+
+# The settings a table records (see pipeline.fingerprint.embedding_settings) and the config key behind each.
+CONFIG_KEY_OF_SETTING = {
+    "chunker.strategy": "chunking.strategy",
+    "chunker.size": "chunking.size",
+    "chunker.overlap": "chunking.overlap",
+    "chunker.sentences_per_chunk": "chunking.sentences_per_chunk",
+    "chunker.min_tokens": "chunking.min_tokens",
+    "pooling.mode": "embedding.mode",
+    "pooling.document_prefix": "embedding.document_prefix",
+    "pooling.window_overlap": "embedding.window_overlap",
+    "model.max_length": "model.max_length",
+}
+
+
+def settings_differences(stored: dict, current: dict) -> list[str]:
+    """PURE: one ``config.key: table VALUE, this job VALUE`` line per setting that differs between a table's
+    recorded settings and a job's (both nested dicts as :func:`pipeline.fingerprint.embedding_settings` makes
+    them); a setting one side lacks shows as ``unused``. Empty when they are equal."""
+    flat_stored, flat_current = _flatten(stored), _flatten(current)
+    lines = []
+    for key in sorted(flat_stored.keys() | flat_current.keys()):
+        table_value, job_value = flat_stored.get(key, _UNUSED), flat_current.get(key, _UNUSED)
+        if table_value != job_value:
+            shown = CONFIG_KEY_OF_SETTING.get(key, key)
+            lines.append(f"{shown}: table {_show(table_value)}, this job {_show(job_value)}")
+    return lines
+
+
+_UNUSED = object()
+
+
+def _show(value: Any) -> str:
+    return "unused" if value is _UNUSED else repr(value) if isinstance(value, str) else str(value)
+
+
+def _flatten(settings: dict, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 # LanceDB reports object-store failures as a Rust debug dump: the words that give the cause away, and the cause.

@@ -71,6 +71,7 @@ def test_a_model_that_cannot_be_loaded_exits_2_naming_it_before_anything_is_writ
     result = _lateline(job, "--config", _write(tmp_path, config))
     assert result.returncode == 2, result.stderr
     assert "model.name_or_path" in result.stderr and "no-such-model" in result.stderr
+    assert "no such directory" in result.stderr and "repo id" not in result.stderr.lower()
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "db").exists() and not (tmp_path / "runs").exists()
 
@@ -103,6 +104,25 @@ def test_reading_before_index_says_what_to_do_and_creates_nothing(tmp_path: Path
 def test_unknown_job_prints_usage() -> None:
     result = _lateline("frobnicate")
     assert result.returncode == 2 and "usage: lateline" in result.stderr and "index" in result.stderr
+
+
+def test_version_is_the_installed_package_version() -> None:
+    from importlib.metadata import version
+
+    result = _lateline("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"lateline {version('lateline')}"
+
+
+@pytest.mark.parametrize(
+    ("command", "named"),
+    [(("search", "   "), "query: must have some text"), (("deadletter", "replay", "--json"), "--json")],
+)
+def test_arguments_that_mean_nothing_are_refused_before_the_config_is_read(
+    tmp_path: Path, command: tuple, named: str
+) -> None:
+    result = _lateline(command[0], "--config", _write(tmp_path, _local(tmp_path)), *command[1:])
+    assert result.returncode == 2 and named in result.stderr, result.stderr
+    assert not (tmp_path / "db").exists()
 
 
 def test_module_form_used_by_ray_job_submit(tmp_path: Path) -> None:

@@ -62,3 +62,14 @@ def test_dry_run_estimates_without_writing_then_sees_the_unchanged_corpus(
     assert wrong["objects_to_read"] == 1 and wrong["estimated_seconds"] > 0, "start-up counts: Ray would start"
     assert "every one of the 60 sampled records would be dead-lettered" in err
     assert "source.text_field='body'" in err and wrong["warnings"]
+
+    # Other chunking than the table's: the run would be refused, and so is the dry run, naming the key.
+    for overrides in (["chunking.size=64"], ["chunking.size=64", "sink.mode=overwrite"]):
+        capsys.readouterr()
+        flags = [item for override in overrides for item in ("--set", override)]
+        code = index_job.main(["--config", str(config), "--dry-run", *flags])
+        err = capsys.readouterr().err
+        if "sink.mode=overwrite" in overrides:  # a rebuild is what the user asked for: estimated, not refused
+            assert code == 0, err
+        else:
+            assert code == 2 and "chunking.size: table 256, this job 64" in err

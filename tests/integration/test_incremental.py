@@ -174,7 +174,7 @@ def test_an_object_removed_from_the_source_leaves_no_rows_and_no_manifest_entry(
     assert set(_rows(tmp_path)[schema.DOC_ID].to_pylist()) == {"lambda"}
 
 
-def test_an_id_in_two_objects_is_kept_once_and_reported_on_every_run(ray_session, tmp_path: Path) -> None:
+def test_an_id_in_two_objects_is_kept_once_and_reported_on_every_run(ray_session, tmp_path: Path, capsys) -> None:
     source = tmp_path / "src"
     _write_corpus(source / "a", {"lambda": topics["lambda"], "pass": topics["pass"]})
     config = str(_config(tmp_path, str(source)))
@@ -190,6 +190,10 @@ def test_an_id_in_two_objects_is_kept_once_and_reported_on_every_run(ray_session
         assert sorted(set(rows[schema.DOC_ID].to_pylist())) == ["lambda", "pass"]
         assert len(set(rows[schema.CHUNK_ID].to_pylist())) == rows.num_rows
         assert len({r[schema.SOURCE_URI] for r in rows.to_pylist() if r[schema.DOC_ID] == "pass"}) == 1
+        advice = (
+            "`lateline index` over the whole source" if job is deadletter_job else "until one copy of each id is gone"
+        )
+        assert "1 copy dropped as duplicate_doc_id" in (err := capsys.readouterr().err) and advice in err
         return counts, rows
 
     # a is skipped as unchanged: b's copy must not replace the one the table holds from a, on any run.

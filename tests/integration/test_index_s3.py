@@ -200,7 +200,9 @@ def test_rerun_is_idempotent(indexed: dict, tmp_path: Path) -> None:
     )
 
 
-def test_writing_with_another_model_is_refused(indexed: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_writing_with_another_model_or_other_settings_is_refused(
+    indexed: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     from transformers import BertConfig, BertModel
 
     from pipeline.model import resolve_model_path
@@ -215,6 +217,11 @@ def test_writing_with_another_model_is_refused(indexed: dict, tmp_path: Path, ca
     err = capsys.readouterr().err
     assert code == 2
     assert "holds vectors of model sentence-transformers/all-MiniLM-L6-v2@" in err and "other-model@" in err
+
+    # The same model with another macro-window overlap: refused too, naming the key and both values.
+    code = index_job.main(["--config", str(indexed["config_path"]), "--set", "embedding.window_overlap=32"])
+    err = capsys.readouterr().err
+    assert code == 2 and "embedding.window_overlap: table 64, this job 32" in err
 
 
 def test_parquet_source(s3fs_client, ray_session, tmp_path: Path) -> None:

@@ -62,6 +62,17 @@ def test_overlap_not_below_size_is_rejected(overlap: int) -> None:
     assert "overlap" in message and f"got {overlap}" in message and "64" in message
 
 
+def test_overlap_is_checked_only_where_token_windows_use_it() -> None:
+    config = parse_config({"source": SOURCE, "chunking": {"strategy": "sentences", "size": 64, "overlap": 64}})
+    assert config.chunking.strategy == "sentences"
+
+
+def test_an_empty_include_list_is_refused_naming_the_key() -> None:
+    message = error_of({"source": {**SOURCE, "include": []}})
+    assert message.startswith("source.include:") and "at least one file pattern" in message
+    assert parse_config({"source": {**SOURCE, "include": ["*.txt"]}}).source.include == ("*.txt",)
+
+
 def test_missing_source_is_named() -> None:
     assert error_of({}) == "source: required key is missing"
 

@@ -96,3 +96,21 @@ def test_content_hash_separates_text_from_metadata() -> None:
     assert content_hash("ab", "c") != content_hash("a", "bc")
     assert content_hash("text", None) == content_hash("text", "")
     assert content_hash("text", None) != content_hash("text", "{}")
+
+
+def test_settings_differences_name_the_config_key_and_both_values() -> None:
+    from pipeline.sink import settings_differences
+
+    table = embedding_settings(CHUNKING, EMBEDDING, IDENTITY)
+    assert settings_differences(table, table) == []
+    job = embedding_settings(ChunkingConfig(strategy="tokens", size=64, overlap=16), EMBEDDING, IDENTITY)
+    assert settings_differences(table, job) == ["chunking.size: table 128, this job 64"]
+    # Another strategy: its own setting appears, the token overlap it does not use shows as unused.
+    sentences = embedding_settings(ChunkingConfig(strategy="sentences", size=128), EMBEDDING, IDENTITY)
+    assert settings_differences(table, sentences) == [
+        "chunking.overlap: table 16, this job unused",
+        "chunking.sentences_per_chunk: table unused, this job 4",
+        "chunking.strategy: table 'tokens@v1', this job 'sentences@v1'",
+    ]
+    prefixed = embedding_settings(CHUNKING, EmbeddingConfig(document_prefix="passage: "), IDENTITY)
+    assert settings_differences(table, prefixed) == ["embedding.document_prefix: table '', this job 'passage: '"]

@@ -165,3 +165,21 @@ def test_localize_checks_once_per_process(model_uri: str, tmp_path: Path, caplog
         assert localize_model(model_uri, cache_dir=str(tmp_path)) == first
     assert _contents(first)["model.safetensors"] == FILES["model.safetensors"], "one run keeps one model"
     assert sum(r.getMessage().startswith("downloading model") for r in caplog.records) == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "local"),
+    [
+        ("/opt/models/minilm", True),
+        ("./models/minilm", True),
+        ("~/models/minilm", True),
+        ("models/minilm/v2", True),
+        ("sentence-transformers/all-MiniLM-L6-v2", False),
+        ("bert-base-uncased", False),
+        ("s3://bucket/models/minilm", False),
+    ],
+)
+def test_a_name_that_can_only_be_a_path_is_told_apart_from_a_hub_id(name: str, local: bool) -> None:
+    from pipeline.model import looks_like_local_path
+
+    assert looks_like_local_path(name) is local

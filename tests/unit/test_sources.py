@@ -239,6 +239,14 @@ def test_parquet_file_yields_documents_with_metadata(tmp_path: Path) -> None:
     assert rows[2][schema.TEXT] == "Third, with ünïcode."
 
 
+def test_a_parquet_file_without_the_text_column_names_all_its_columns(tmp_path: Path) -> None:
+    table = pa.table({"id": ["p1"], "body": ["The text is here."], "title": ["One"]})
+    pq.write_table(table, tmp_path / "docs.parquet")
+    [row] = read_all(SourceConfig(uri=str(tmp_path), format="parquet", metadata_fields=("title",)))
+    assert row[schema.ERROR] == "missing_text"
+    assert row[schema.ERROR_DETAIL] == "row 1: no 'text' field (fields: id, body, title)"
+
+
 def test_unreadable_file_becomes_one_unreadable_source_row(tmp_path: Path) -> None:
     path = tmp_path / "broken.parquet"
     path.write_bytes(b"this is not parquet")
