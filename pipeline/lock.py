@@ -37,6 +37,7 @@ class TableLock:
             "heartbeat": datetime.now(timezone.utc).isoformat(),
         }
         self.held = False
+        self.taken_over: dict[str, Any] | None = None  # the dead job whose lock :meth:`acquire` took over
 
     def refuse_if_held(self) -> None:
         """Raise :class:`TableLocked` naming the live holder, if there is one; creates nothing (a cheap check
@@ -52,6 +53,7 @@ class TableLock:
             holder = self._holder()
             if holder is not None and _alive(holder):
                 raise TableLocked(self._held_by(holder))
+            self.taken_over = holder
             self.fs.rm(self.path)
         try:
             with self.fs.open(self.path, "xb") as handle:

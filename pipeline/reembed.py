@@ -219,6 +219,7 @@ def run_reembed(
     target_config = config.model_copy(update={"sink": config.sink.model_copy(update={"table": target})})
     context = dataclasses.replace(context, config=target_config)
     with TableLock(config.sink.uri, target, context.run_id, config.sink.storage_options) as lock:
+        runner.note_interrupted_run(config, "reembed", lock)
         dead_letters = DeadLetterLog(config.sink.uri, target, context.run_id, config.sink.storage_options)
 
         def on_commit() -> None:

@@ -13,12 +13,16 @@ the table. An ``overwrite`` of an existing table is all or nothing: it does not 
 published the table stays as it was.
 
 The run summary (``<runtime.summary_dir>/<run_id>/summary.json``, path printed) satisfies
-``docs_in == docs_written + docs_skipped_unchanged + docs_dead_lettered``.
+``docs_in == docs_written + docs_skipped_unchanged + docs_dead_lettered``. It is written when the job starts
+(``status: running``) and rewritten at every progress line, so a run that dies without a word (``kill -9``, or
+Ray's local node dying, which ends the driver at once with exit 1) leaves one with its last counts; the next
+run that takes over its lock marks it ``interrupted`` and says so.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -294,6 +298,7 @@ def run_index(
     lock.refuse_if_held()
     context = prepare(config, job, objects, limit, run_id)
     with lock:
+        note_interrupted_run(config, job, lock)
         dead_letters = DeadLetterLog(config.sink.uri, config.sink.table, context.run_id, config.sink.storage_options)
 
         def on_commit() -> None:
@@ -375,9 +380,16 @@ def execute_job(
         "objects_removed": 0,
     }
     actors, counters = None, {}
+
+    def report_running(actors: ActorPlan | None, counters: dict[str, float]) -> None:
+        running = {**outcome, "status": "running", "written": dict(sink.stats)}
+        summary = run_summary(context, actors, tally, running, counters, started_at, tally.started)
+        write_summary(context.config, context.run_id, summary | ({"source": summary_source} if summary_source else {}))
+
     try:
+        report_running(None, {})
         if build is not None:
-            actors, counters = stream_into_sink(context, build, sink, dead_letters, tally)
+            actors, counters = stream_into_sink(context, build, sink, dead_letters, tally, report_running)
         sink.commit()
         docs_written = sink.stats["docs_written"]
         warn_if_nothing_indexed(context.config, tally, docs_written)
@@ -430,9 +442,10 @@ def stream_into_sink(
     sink: LanceSink,
     dead_letters: DeadLetterLog,
     tally: Tally,
+    report: Callable[[ActorPlan, dict[str, float]], None] | None = None,
 ) -> tuple[ActorPlan, dict[str, float]]:
     """Start (or join) Ray, build the plan (``build(actors, stats)``) and feed its output to the sink as it
-    streams."""
+    streams; ``report(actors, counters)`` is called with every progress line (the running summary)."""
     config = context.config
     starting = time.monotonic()
     ray = _init_ray(config.runtime)
@@ -442,7 +455,8 @@ def stream_into_sink(
     stats = ray.remote(num_cpus=0)(RunStats).remote()
     dataset = build(actors, stats)
     stop = threading.Event()
-    heartbeat = threading.Thread(target=_heartbeat, args=(stop, tally, sink, ray, stats), daemon=True)
+    progress = functools.partial(report, actors) if report else None
+    heartbeat = threading.Thread(target=_heartbeat, args=(stop, tally, sink, ray, stats, progress), daemon=True)
     heartbeat.start()
     first_output_s = None
     try:
@@ -473,10 +487,25 @@ def outputs_as_they_come(dataset: Any) -> Iterator[Any]:
     return dataset.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=0)
 
 
-def _heartbeat(stop: threading.Event, tally: Tally, sink: LanceSink, ray: Any, stats: Any) -> None:
-    """Print progress every ``tally.every`` seconds, whether or not output reached the driver."""
+def _heartbeat(
+    stop: threading.Event,
+    tally: Tally,
+    sink: LanceSink,
+    ray: Any,
+    stats: Any,
+    report: Callable[[dict[str, float]], None] | None,
+) -> None:
+    """Print progress every ``tally.every`` seconds, whether or not output reached the driver, and hand the
+    counters to ``report``. A report that fails is said once and not tried again: it never stops the run."""
     while not stop.wait(tally.every):
-        tally.print_progress(sink.stats["docs_written"], _poll(ray, stats, tally), streaming=True)
+        counters = _poll(ray, stats, tally)
+        tally.print_progress(sink.stats["docs_written"], counters, streaming=True)
+        if report is not None:
+            try:
+                report(counters)
+            except Exception as exc:
+                log(f"warning: the running summary could not be written ({type(exc).__name__}: {exc})")
+                report = None
 
 
 def _manifest_rows(run_id: str, objects: list[SourceObject], digest: str, tally: Tally) -> list[dict[str, Any]]:
@@ -768,10 +797,41 @@ def run_summary(
 
 
 def write_summary(config: JobConfig, run_id: str, summary: dict[str, Any]) -> Path:
-    """Write ``summary.json`` and the resolved, redacted ``config.json`` under ``<summary_dir>/<run_id>/``."""
+    """Write ``summary.json`` and the resolved, redacted ``config.json`` under ``<summary_dir>/<run_id>/``,
+    each replaced whole (a reader never sees half a file)."""
     directory = Path(config.runtime.summary_dir) / run_id
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "config.json").write_text(json.dumps(redacted(config), indent=2))
+    _replace_file(directory / "config.json", json.dumps(redacted(config), indent=2))
     path = directory / "summary.json"
-    path.write_text(json.dumps(summary, indent=2, default=str))
+    _replace_file(path, json.dumps(summary, indent=2, default=str))
     return path
+
+
+def _replace_file(path: Path, text: str) -> None:
+    partial = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
+def note_interrupted_run(config: JobConfig, job: str, lock: TableLock) -> None:
+    """After ``lock`` took over a dead job's lock: say so, and mark that run's summary ``interrupted`` when it is
+    in this job's ``summary_dir`` and still says ``running``."""
+    holder = lock.taken_over
+    if holder is None:
+        return
+    run_id = str(holder.get("run_id"))
+    path = Path(config.runtime.summary_dir) / run_id / "summary.json"
+    marked = ""
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError):
+        summary = None
+    if summary is not None and summary.get("status") == "running":
+        summary["status"] = "interrupted"
+        summary["error"] = f"ended without finishing; run {lock.owner['run_id']} took over its lock"
+        _replace_file(path, json.dumps(summary, indent=2, default=str))
+        marked = f"; its summary {path} now says interrupted"
+    log(
+        f"{job}: run {run_id} (pid {holder.get('pid')} on {holder.get('host')}, since {holder.get('since')}) ended "
+        f"without finishing; what it committed stays and this run goes on from there{marked}"
+    )

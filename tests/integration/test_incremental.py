@@ -352,6 +352,9 @@ def test_backfill_killed_with_sigkill_then_rerun_equals_a_clean_run(
     )
     rerun = _last_summary(workdir)["counts"]
     assert rerun["docs_written"] + rerun["docs_skipped_unchanged"] == len(DOCS) + 1
+    # A killed run left its running summary; the run that took over its lock marked it interrupted.
+    statuses = [json.loads(p.read_text())["status"] for p in sorted((workdir / "runs").glob("*/summary.json"))]
+    assert statuses[-1] == "ok" and set(statuses[:-1]) == {"interrupted"}, statuses
     if kill_points[-1] > 0:
         assert rerun["docs_skipped_unchanged"] > 0, "what was committed before the kill is not embedded again"
 

@@ -1,0 +1,71 @@
+"""A run that died without a word leaves a running summary; the run that takes over its lock marks it."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import parse_config
+from pipeline.lock import TableLock
+from pipeline.runner import note_interrupted_run, write_summary
+
+DEAD_PID = 2**22 + 12_345  # above the kernel's pid_max default: no process has it
+
+
+def _config(tmp_path: Path):
+    return parse_config(
+        {
+            "source": {"uri": str(tmp_path / "src"), "format": "jsonl"},
+            "sink": {"uri": str(tmp_path / "db")},
+            "runtime": {"summary_dir": str(tmp_path / "runs")},
+        }
+    )
+
+
+def _dead_lock(tmp_path: Path, run_id: str) -> None:
+    (tmp_path / "db").mkdir(exist_ok=True)
+    holder = {"run_id": run_id, "host": socket.gethostname(), "pid": DEAD_PID, "since": "then", "heartbeat": "then"}
+    (tmp_path / "db" / "chunks.lateline-lock").write_text(json.dumps(holder))
+
+
+def test_a_dead_runs_running_summary_is_marked_interrupted_when_its_lock_is_taken_over(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    config = _config(tmp_path)
+    path = write_summary(config, "dead-run", {"run_id": "dead-run", "status": "running", "counts": {"docs_written": 7}})
+    _dead_lock(tmp_path, "dead-run")
+    with TableLock(config.sink.uri, "chunks", "new-run") as lock:
+        assert lock.taken_over["run_id"] == "dead-run"
+        note_interrupted_run(config, "index", lock)
+    summary = json.loads(path.read_text())
+    assert summary["status"] == "interrupted" and "new-run took over its lock" in summary["error"]
+    assert summary["counts"] == {"docs_written": 7}, "its last counts stay"
+    err = capsys.readouterr().err
+    assert "run dead-run" in err and "ended without finishing" in err and "now says interrupted" in err
+
+
+@pytest.mark.parametrize("status", ["ok", "failed", None])
+def test_a_finished_or_missing_summary_is_left_alone_but_the_takeover_is_said(
+    tmp_path: Path, capsys: pytest.CaptureFixture, status: str | None
+) -> None:
+    config = _config(tmp_path)
+    path = Path(config.runtime.summary_dir) / "dead-run" / "summary.json"
+    if status:
+        write_summary(config, "dead-run", {"run_id": "dead-run", "status": status})
+    _dead_lock(tmp_path, "dead-run")
+    with TableLock(config.sink.uri, "chunks", "new-run") as lock:
+        note_interrupted_run(config, "backfill", lock)
+    assert (json.loads(path.read_text())["status"] if status else path.exists()) == (status or False)
+    err = capsys.readouterr().err
+    assert "ended without finishing" in err and "interrupted" not in err
+
+
+def test_a_free_lock_says_nothing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    config = _config(tmp_path)
+    with TableLock(config.sink.uri, "chunks", "new-run") as lock:
+        assert lock.taken_over is None
+        note_interrupted_run(config, "index", lock)
+    assert capsys.readouterr().err == ""
