@@ -74,7 +74,9 @@ def _run(config: JobConfig, how: str) -> tuple[float, dict[str, Any]]:
     path = Path(config.runtime.summary_dir).parent / "job.yaml"
     path.write_text(json.dumps(config.model_dump(mode="json")))  # JSON is YAML
     lateline = Path(sys.executable).with_name("lateline")
-    subprocess.run([str(lateline), "index", "--config", str(path)], check=True, capture_output=True)
+    done = subprocess.run([str(lateline), "index", "--config", str(path)], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"lateline index exited {done.returncode}:\n{done.stderr}")
     wall = time.perf_counter() - started
     newest = max(Path(config.runtime.summary_dir).glob("*/summary.json"))
     return wall, json.loads(newest.read_text())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 
 JOBS = {
     "index": "bring the table in line with the whole source (incremental)",
@@ -25,7 +25,10 @@ JOBS = {
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--version"]:
-        print(f"lateline {version('lateline')}")
+        try:
+            print(f"lateline {version('lateline')}")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            print("lateline (not installed: version unknown)")
         return 0
     asked = bool(argv) and argv[0] in {"-h", "--help"}
     if not argv or asked or argv[0] not in JOBS:

@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
     if args.json and args.action != "list":
-        p.error(f"--json: only `list` prints dead letters; `{args.action}` prints a run summary")  # exits 2
+        return fail(f"--json: only `list` prints dead letters; `{args.action}` prints a run summary", "config")
     config = load_or_exit(args)
     if isinstance(config, int):
         return config

@@ -15,7 +15,7 @@ from jobs.common import config_arguments, fail, parse
 from pipeline.aliases import AliasError, alias_state, model_tables, retire
 from pipeline.lock import TableLocked
 from pipeline.runner import EXIT_CODES
-from pipeline.sink import connect
+from pipeline.sink import connect, table_names
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     sink = config.sink
     db = connect(sink.uri, sink.storage_options)
     serving = alias_state(db, sink.table).serving
+    if serving not in table_names(db):  # a mistyped sink.table or sink.uri must not pass as "nothing to retire"
+        return fail(f"sink.table: no table {sink.table!r} at {sink.uri!r}", "config")
     tables = list(args.tables)
     if args.unserved:
         tables += [t for t in model_tables(db, sink.table) if t != serving and t not in tables]

@@ -54,6 +54,11 @@ def looks_like_local_path(name_or_path: str) -> bool:
     return name_or_path.startswith(("/", ".", "~")) or name_or_path.count("/") > 1 or "\\" in name_or_path
 
 
+def _under_a_local_directory(name_or_path: str) -> bool:
+    """``models/minilm`` where ``./models`` exists: a path, though a hub id has the same shape."""
+    return "/" in name_or_path and "://" not in name_or_path and Path(name_or_path).parent.is_dir()
+
+
 class ModelNotFound(ConfigError):
     """``model.name_or_path`` names no model this machine can load (no local directory with a config and a
     fast tokenizer, and no model id a reachable hub serves)."""
@@ -62,7 +67,8 @@ class ModelNotFound(ConfigError):
     def of(cls, name_or_path: str, path: str, exc: BaseException) -> ModelNotFound:
         if str(exc).startswith("model.name_or_path"):
             return cls(str(exc))
-        if looks_like_local_path(name_or_path) and not Path(path).expanduser().exists():
+        local = looks_like_local_path(name_or_path) or _under_a_local_directory(name_or_path)
+        if local and not Path(path).expanduser().exists():
             # Hugging Face's error here would be about repo-id syntax; the user meant a directory.
             where = Path(name_or_path).expanduser().absolute()
             return cls(f"model.name_or_path: no such directory {name_or_path!r} ({where}, from {Path.cwd()})")

@@ -596,7 +596,7 @@ def warn_about_duplicates(job: str, tally: Tally) -> None:
     head = (
         f"warning: {copies} dropped as duplicate_doc_id, embedded for nothing (`lateline deadletter list` names each)"
     )
-    if job == "index":
+    if job not in ("backfill", "replay"):  # index; a reembed reads a table, whose ids are unique
         advice = (
             "their ids are indexed from other objects; every run reads them again until one copy of each id is gone"
         )
@@ -829,9 +829,12 @@ def note_interrupted_run(config: JobConfig, job: str, lock: TableLock) -> None:
     if summary is not None and summary.get("status") == "running":
         summary["status"] = "interrupted"
         summary["error"] = f"ended without finishing; run {lock.owner['run_id']} took over its lock"
-        _replace_file(path, json.dumps(summary, indent=2, default=str))
-        marked = f"; its summary {path} now says interrupted"
+        try:
+            _replace_file(path, json.dumps(summary, indent=2, default=str))
+            marked = f"; its summary {path} now says interrupted"
+        except OSError as exc:  # someone else's directory, a full disk: not a reason to fail this run
+            marked = f"; its summary {path} could not be marked interrupted ({exc})"
     log(
         f"{job}: run {run_id} (pid {holder.get('pid')} on {holder.get('host')}, since {holder.get('since')}) ended "
-        f"without finishing; what it committed stays and this run goes on from there{marked}"
+        f"without finishing; its lock is taken over{marked}"
     )

@@ -93,7 +93,8 @@ def check_model(table_name: str, stored: dict[str, Any] | None, identity: ModelI
             f"table {table_name!r} was not written by lateline (no model record); use another sink.table"
         )
     model = stored["model"]
-    same_model = all(model.get(k) == getattr(identity, k) for k in ("fingerprint", "dim", "pooling", "document_prefix"))
+    # The document prefix is a setting (check_compatible names it), not a property of the model's vectors space.
+    same_model = all(model.get(k) == getattr(identity, k) for k in ("fingerprint", "dim", "pooling"))
     if not same_model:
         raise TableMismatch(
             f"table {table_name!r} holds vectors of model {model['name']}@{model['fingerprint']} (dim {model['dim']}), "
@@ -131,22 +132,43 @@ CONFIG_KEY_OF_SETTING = {
     "pooling.mode": "embedding.mode",
     "pooling.document_prefix": "embedding.document_prefix",
     "pooling.window_overlap": "embedding.window_overlap",
+    "pooling.sentence_pooling": "embedding.mode",  # naive chunks of a CLS model: follows the mode
+    "model.name": "model.name_or_path",
+    "model.fingerprint": "model.name_or_path",
     "model.max_length": "model.max_length",
 }
+# Settings whose value is ``name@vN``: the version is lateline's, not the user's to set.
+VERSIONED_SETTINGS = ("chunker.strategy", "pooling.mode")
+# Settings that differ only along with another one (their config key's line says it all).
+FOLLOWING_SETTINGS = ("pooling.sentence_pooling", "model.fingerprint")
 
 
 def settings_differences(stored: dict, current: dict) -> list[str]:
     """PURE: one ``config.key: table VALUE, this job VALUE`` line per setting that differs between a table's
     recorded settings and a job's (both nested dicts as :func:`pipeline.fingerprint.embedding_settings` makes
-    them); a setting one side lacks shows as ``unused``. Empty when they are equal."""
+    them); a setting one side lacks shows as ``unused``. Versioned values show without their version, unless
+    only the version differs: lateline's chunker or pooling changed, and the table must be rebuilt. Empty when
+    they are equal."""
     flat_stored, flat_current = _flatten(stored), _flatten(current)
-    lines = []
+    lines, following = [], []
     for key in sorted(flat_stored.keys() | flat_current.keys()):
         table_value, job_value = flat_stored.get(key, _UNUSED), flat_current.get(key, _UNUSED)
         if table_value != job_value:
-            shown = CONFIG_KEY_OF_SETTING.get(key, key)
-            lines.append(f"{shown}: table {_show(table_value)}, this job {_show(job_value)}")
-    return lines
+            (following if key in FOLLOWING_SETTINGS else lines).append(_difference(key, table_value, job_value))
+    return lines or following
+
+
+def _difference(key: str, table_value: Any, job_value: Any) -> str:
+    shown = CONFIG_KEY_OF_SETTING.get(key, key)
+    if key in VERSIONED_SETTINGS and isinstance(table_value, str) and isinstance(job_value, str):
+        table_value, _, table_version = table_value.partition("@")
+        job_value, _, job_version = job_value.partition("@")
+        if table_value == job_value:
+            return (
+                f"{shown}: the table's {table_value!r} is lateline's {table_version}, this lateline's is "
+                f"{job_version} (rebuild the table)"
+            )
+    return f"{shown}: table {_show(table_value)}, this job {_show(job_value)}"
 
 
 _UNUSED = object()

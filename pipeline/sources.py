@@ -300,14 +300,11 @@ def _parquet_records(fs: Any, local: str, uri: str, source: SourceConfig) -> Ite
         names = parquet.schema_arrow.names
         wanted = [source.id_field, source.text_field, *source.metadata_fields]
         columns = [name for name in wanted if name in names]
-        # Only the wanted columns are read; when the id or text column is not in the file at all, a dead letter
-        # lists the file's columns (what the user should have named), not just the wanted ones it has.
-        whole_file = names if {source.id_field, source.text_field} - set(names) else None
         row_number = 0
         for batch in parquet.iter_batches(columns=columns, batch_size=source.read_batch_docs):
             for record in batch.to_pylist():
                 row_number += 1
-                yield record_to_document(record, uri, f"row {row_number}", source, columns=whole_file)
+                yield record_to_document(record, uri, f"row {row_number}", source, columns=names)
 
 
 def _text_record(fs: Any, local: str, uri: str, root: str, source: SourceConfig) -> dict[str, Any]:
@@ -327,10 +324,12 @@ def _text_record(fs: Any, local: str, uri: str, root: str, source: SourceConfig)
     return record_to_document({"id": doc_id, "text": text}, uri, "file", source, "id", "text")
 
 
-def _fields_of(record: dict[str, Any], columns: Sequence[str] | None = None, most: int = 12) -> str:
-    """`` (fields: id, content)``: what the record has instead, for a field that is missing (``columns``: the
-    file's columns, when only some were read)."""
-    present = columns if columns is not None else [name for name in record if record[name] is not None]
+def _fields_of(record: dict[str, Any], missing: str, columns: Sequence[str] | None = None, most: int = 12) -> str:
+    """`` (fields: id, content)``: what the record has instead of the ``missing`` field. ``columns``: the
+    file's columns, when only some were read; listed when ``missing`` is not among them (a column the file
+    lacks, not a null in this row)."""
+    whole_file = columns is not None and missing not in columns
+    present = columns if whole_file else [name for name in record if record[name] is not None]
     names = [str(name) for name in present]
     shown = ", ".join(names[:most]) + (", ..." if len(names) > most else "")
     return f" (fields: {shown})" if names else " (no fields)"
@@ -351,16 +350,22 @@ def record_to_document(
     columns: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Validate one record into a document row, or a skipped row with the reason (a missing field's reason
-    lists the record's fields, or ``columns`` when given: the file's, when only some were read)."""
+    lists the record's fields, or the file's ``columns`` when only some were read and the file lacks it)."""
     id_field, text_field = id_field or source.id_field, text_field or source.text_field
     doc_id, text = record.get(id_field), record.get(text_field)
     snippet = json.dumps(record, default=str)[:SNIPPET_CHARS]
     if doc_id is None or (isinstance(doc_id, str) and not doc_id.strip()):
-        return skipped(uri, "missing_id", f"{where}: no {id_field!r} field{_fields_of(record, columns)}", snippet)
+        return skipped(
+            uri, "missing_id", f"{where}: no {id_field!r} field{_fields_of(record, id_field, columns)}", snippet
+        )
     doc_id = str(doc_id)
     if text is None:
         return skipped(
-            uri, "missing_text", f"{where}: no {text_field!r} field{_fields_of(record, columns)}", snippet, doc_id
+            uri,
+            "missing_text",
+            f"{where}: no {text_field!r} field{_fields_of(record, text_field, columns)}",
+            snippet,
+            doc_id,
         )
     if not isinstance(text, str):
         return skipped(uri, "non_string_text", f"{where}: {text_field!r} is {type(text).__name__}", snippet, doc_id)

@@ -110,7 +110,28 @@ def test_settings_differences_name_the_config_key_and_both_values() -> None:
     assert settings_differences(table, sentences) == [
         "chunking.overlap: table 16, this job unused",
         "chunking.sentences_per_chunk: table unused, this job 4",
-        "chunking.strategy: table 'tokens@v1', this job 'sentences@v1'",
+        "chunking.strategy: table 'tokens', this job 'sentences'",
     ]
     prefixed = embedding_settings(CHUNKING, EmbeddingConfig(document_prefix="passage: "), IDENTITY)
     assert settings_differences(table, prefixed) == ["embedding.document_prefix: table '', this job 'passage: '"]
+
+
+def test_a_chunker_or_pooling_of_another_lateline_version_says_to_rebuild() -> None:
+    from pipeline.sink import settings_differences
+
+    table = embedding_settings(CHUNKING, EMBEDDING, IDENTITY)
+    older = {**table, "pooling": {**table["pooling"], "mode": "late@v1"}}
+    [line] = settings_differences(older, table)
+    assert line == "embedding.mode: the table's 'late' is lateline's v1, this lateline's is v2 (rebuild the table)"
+
+
+def test_a_cls_models_naive_pooling_follows_the_mode_line() -> None:
+    from pipeline.sink import settings_differences
+
+    cls_model = replace(IDENTITY, pooling="cls")
+    late = embedding_settings(CHUNKING, EMBEDDING, cls_model)
+    naive = embedding_settings(CHUNKING, EmbeddingConfig(mode="naive"), cls_model)
+    assert settings_differences(late, naive) == [
+        "embedding.mode: table 'late', this job 'naive'",
+        "embedding.window_overlap: table 64, this job unused",
+    ]

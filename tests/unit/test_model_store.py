@@ -183,3 +183,14 @@ def test_a_name_that_can_only_be_a_path_is_told_apart_from_a_hub_id(name: str, l
     from pipeline.model import looks_like_local_path
 
     assert looks_like_local_path(name) is local
+
+
+def test_a_missing_model_under_a_local_directory_is_named_as_a_directory(tmp_path: Path, monkeypatch) -> None:
+    from pipeline.model import ModelNotFound
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    error = ModelNotFound.of("models/minilm", "models/minilm", OSError("not a valid repo id"))
+    assert str(error).startswith("model.name_or_path: no such directory 'models/minilm'")
+    hub = ModelNotFound.of("org/minilm", "org/minilm", OSError("not found on the hub"))
+    assert "no such directory" not in str(hub) and "not found on the hub" in str(hub)

@@ -247,6 +247,13 @@ def test_a_parquet_file_without_the_text_column_names_all_its_columns(tmp_path: 
     assert row[schema.ERROR_DETAIL] == "row 1: no 'text' field (fields: id, body, title)"
 
 
+def test_a_parquet_row_with_a_null_id_names_the_rows_fields_not_the_files(tmp_path: Path) -> None:
+    pq.write_table(pa.table({"id": [None], "text": ["Some text."], "title": ["One"]}), tmp_path / "docs.parquet")
+    [row] = read_all(SourceConfig(uri=str(tmp_path), format="parquet", metadata_fields=("title",)))
+    assert row[schema.ERROR] == "missing_id"
+    assert row[schema.ERROR_DETAIL] == "row 1: no 'id' field (fields: text, title)"
+
+
 def test_unreadable_file_becomes_one_unreadable_source_row(tmp_path: Path) -> None:
     path = tmp_path / "broken.parquet"
     path.write_bytes(b"this is not parquet")
