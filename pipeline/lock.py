@@ -3,8 +3,10 @@
 The lock is a small JSON file ``<sink.uri>/<table>.lateline-lock`` holding the run id, host, pid and start time.
 The holder refreshes a heartbeat in it at every commit. A second job finds it and refuses with a message naming
 the holder. A lock left by a killed job is taken over: at once on the same host (its pid is gone), from another
-host once its heartbeat is older than ``STALE_AFTER``. On object stores without exclusive create, the check is
-best-effort (read-then-write).
+host once its heartbeat is older than ``STALE_AFTER``. On the same host a pid counts as the holder's only if the
+process also started when the holder's did (``process_start``: boot id and start time, where ``/proc`` has
+them), so a pid reused after the job died, or after a reboot, does not keep the lock. On object stores without
+exclusive create, the check is best-effort (read-then-write).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import os
 import socket
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 from fsspec.core import url_to_fs
@@ -33,6 +36,7 @@ class TableLock:
             "run_id": run_id,
             "host": socket.gethostname(),
             "pid": os.getpid(),
+            "process_start": process_start(os.getpid()),
             "since": datetime.now(timezone.utc).isoformat(),
             "heartbeat": datetime.now(timezone.utc).isoformat(),
         }
@@ -134,8 +138,21 @@ def fsspec_options(storage_options: dict[str, Any]) -> dict[str, Any]:
     return options
 
 
+def process_start(pid: int) -> str | None:
+    """``<boot id>:<start time in clock ticks>`` of process ``pid``: the same pid with another value is another
+    process. ``None`` where ``/proc`` does not tell (not Linux, or the process is gone)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Field 22 (starttime) counted after the command name, which is in parentheses and may hold spaces.
+    return f"{boot}:{stat[stat.rindex(')') + 2 :].split()[19]}"
+
+
 def _alive(holder: dict[str, Any]) -> bool:
-    """A holder on this host is alive while its pid exists; one on another host while its heartbeat is fresh."""
+    """A holder on this host is alive while its pid exists and (when the lock recorded it) is the same process;
+    one on another host while its heartbeat is fresh."""
     if holder.get("host") != socket.gethostname():
         try:
             beat = datetime.fromisoformat(holder["heartbeat"])
@@ -143,9 +160,14 @@ def _alive(holder: dict[str, Any]) -> bool:
             return True
         return datetime.now(timezone.utc) - beat < STALE_AFTER
     try:
-        os.kill(int(holder.get("pid", -1)), 0)
+        pid = int(holder.get("pid", -1))
+    except (ValueError, TypeError):
+        return True  # a lock we cannot read is not ours to break
+    try:
+        os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except (PermissionError, ValueError, TypeError):
-        return True
-    return True
+    except PermissionError:
+        pass  # another user's process: alive unless its start says it is another process
+    recorded, now = holder.get("process_start"), process_start(pid)
+    return not (recorded and now and recorded != now)

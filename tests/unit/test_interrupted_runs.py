@@ -1,4 +1,5 @@
-"""A run that died without a word leaves a running summary; the run that takes over its lock marks it."""
+"""Jobs that died: a dead job's lock is told from a live one (pid and process start), its running summary is
+marked interrupted by the run that takes the lock over."""
 
 from __future__ import annotations
 
@@ -69,3 +70,38 @@ def test_a_free_lock_says_nothing(tmp_path: Path, capsys: pytest.CaptureFixture)
         assert lock.taken_over is None
         note_interrupted_run(config, "index", lock)
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize(
+    ("recorded", "live"),
+    [
+        ("this process", True),
+        (None, True),  # a lock written before the start was recorded: the pid alone decides
+        ("another-boot:123", False),  # the pid now belongs to another process (reused, or after a reboot)
+    ],
+)
+def test_a_live_pid_keeps_the_lock_only_if_it_is_the_same_process(
+    tmp_path: Path, recorded: str | None, live: bool
+) -> None:
+    import os
+
+    from pipeline.lock import TableLocked, process_start
+
+    (tmp_path / "db").mkdir()
+    holder = {
+        "run_id": "holder",
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "since": "then",
+        "heartbeat": "then",
+    }
+    if recorded:
+        holder["process_start"] = process_start(os.getpid()) if recorded == "this process" else recorded
+    (tmp_path / "db" / "chunks.lateline-lock").write_text(json.dumps(holder))
+    lock = TableLock(str(tmp_path / "db"), "chunks", "new-run")
+    if live:
+        with pytest.raises(TableLocked, match="run holder"):
+            lock.acquire()
+    else:
+        with lock:
+            assert lock.taken_over["run_id"] == "holder"
