@@ -11,7 +11,7 @@ from typing import Any
 from pipeline.aliases import AliasError, follow
 from pipeline.config import ConfigError, JobConfig, load_config
 from pipeline.lock import TableLocked
-from pipeline.reembed import ReembedError
+from pipeline.reembed import NothingToReembed, ReembedError
 from pipeline.runner import EXIT_CODES
 from pipeline.sink import TableMismatch
 from pipeline.sources import SourceError
@@ -73,10 +73,16 @@ def run_writing_job(job: str, work: Callable[[], dict[str, Any]]) -> int:
     """Run a job that writes the table; print the summary's head; map failures to exit codes."""
     try:
         summary = work()
+    except NothingToReembed as exc:  # already done (a rerun after its promote): a success for a schedule
+        print(str(exc), file=sys.stderr)
+        return EXIT_CODES["ok"]
     except (ConfigError, SourceError, TableMismatch, ReembedError) as exc:
         return fail(str(exc), "config")
     except TableLocked as exc:
         return fail(str(exc), "locked")
+    except KeyboardInterrupt:
+        print(f"{job} interrupted: what it committed stays; run the same command again to resume", file=sys.stderr)
+        return EXIT_CODES["interrupted"]
     except Exception as exc:
         return fail(f"{job} failed: {type(exc).__name__}: {exc}", "failed")
     print(json.dumps({key: summary.get(key) for key in SUMMARY_KEYS}, indent=2))

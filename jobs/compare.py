@@ -50,6 +50,12 @@ def main(argv: list[str] | None = None) -> int:
         new_name = args.new or default_table(config)
     except ConfigError as exc:
         return fail(str(exc), "config")
+    if old_name == new_name:  # e.g. after the promote: the alias serves the re-embedded table itself
+        return fail(
+            f"--old and --new are both {old_name!r}: a table compared with itself always passes; name the table "
+            f"served before (e.g. --old {config.sink.table}) or the one to compare with",
+            "config",
+        )
     for flag, name in (("--old", old_name), ("--new", new_name)):
         if name not in table_names(db):
             hint = "build it with `lateline reembed`" if flag == "--new" else "run `lateline index`"

@@ -33,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     def work() -> dict:
         summary = run_reembed(config, args.source, args.target, args.limit)
         table = summary["table"]["name"]
+        if args.limit is not None:  # a trial: promote refuses an incomplete table
+            print(f"next: a trial of {args.limit} documents; run it again without --limit to finish", file=sys.stderr)
+            return summary
         print(
             f"next: lateline compare --config {args.config} --new {table}; then lateline promote --config "
             f"{args.config} --table {table}",

@@ -29,6 +29,12 @@ def main(argv: list[str] | None = None) -> int:
     except TableLocked as exc:
         return fail(str(exc), "locked")
     print(json.dumps(describe_alias(state), indent=2))
+    # Index runs since the promote wrote to the table that served then, not to this one.
+    print(
+        f"{sink.table!r} serves {state.serving!r} again; documents changed since the promote are not in it yet: "
+        f"run `lateline index --config {args.config}` to catch it up",
+        file=sys.stderr,
+    )
     return EXIT_CODES["ok"]
 
 

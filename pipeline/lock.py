@@ -86,10 +86,15 @@ class TableLock:
         return holder if holder is not None and _alive(holder) else None
 
     def _held_by(self, holder: dict[str, Any]) -> str:
+        where = (
+            f"run {holder.get('run_id')} (pid {holder.get('pid')} on {holder.get('host')} since {holder.get('since')})"
+        )
+        if holder.get("host") == socket.gethostname():  # a dead holder here would have been taken over already
+            return f"table is being written by {where}; wait for it to finish"
         return (
-            f"table is being written by run {holder.get('run_id')} (pid {holder.get('pid')} on "
-            f"{holder.get('host')} since {holder.get('since')}); wait for it to finish, or delete "
-            f"{self.display} if that job is dead"
+            f"table is being written by {where}; wait for it to finish. A job on another host that died is "
+            f"taken over once its heartbeat ({holder.get('heartbeat')}) is {STALE_AFTER.seconds // 60} minutes "
+            f"old; delete {self.display} sooner only if you know that job is dead"
         )
 
     def _holder(self) -> dict[str, Any] | None:

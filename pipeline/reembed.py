@@ -64,6 +64,10 @@ class ReembedError(RuntimeError):
     """The re-embed cannot start: no source table, or one that cannot be re-embedded."""
 
 
+class NothingToReembed(ReembedError):
+    """The table already holds this model's vectors with these settings (e.g. after its promote): done."""
+
+
 @dataclass(frozen=True)
 class StoredTable:
     """The table being re-embedded, as read tasks open it: its Lance dataset URI at a pinned version."""
@@ -203,7 +207,7 @@ def run_reembed(
     context = runner.prepare(config, "reembed", [], limit)
     target = target or target_name(config.sink.table, context.identity, context.settings)
     if target == source_name:
-        raise ReembedError(
+        raise NothingToReembed(
             f"table {source_name!r} already holds {context.identity.label} vectors with these settings; "
             "nothing to re-embed (pass --to to rebuild into another table)"
         )

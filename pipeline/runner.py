@@ -9,7 +9,7 @@ nor duplicates rows.
 Exit codes (:data:`EXIT_CODES`): 0 ok; 1 the run failed; 2 the configuration, source or table does not fit
 (nothing written); 3 the failure budget was exceeded, or every record read was dead-lettered (what could be
 written was committed, except by an ``overwrite``, which is then not published at all); 4 another job holds
-the table. An ``overwrite`` of an existing table is all or nothing: it does not resume, and until it is
+the table; 130 interrupted (Ctrl-C; the summary's status is ``interrupted``). An ``overwrite`` of an existing table is all or nothing: it does not resume, and until it is
 published the table stays as it was.
 
 The run summary (``<runtime.summary_dir>/<run_id>/summary.json``, path printed) satisfies
@@ -58,7 +58,8 @@ from pipeline.sink import LanceSink, recorded_sections
 from pipeline.sources import SourceObject, list_source_objects
 from pipeline.stages import ALLOCATOR, COMPUTE_DTYPE, RunStats, split_skips
 
-EXIT_CODES = {"ok": 0, "failed": 1, "config": 2, "failure_budget_exceeded": 3, "locked": 4}
+# 130: what a shell reports for a command ended by Ctrl-C (128 + SIGINT).
+EXIT_CODES = {"ok": 0, "failed": 1, "config": 2, "failure_budget_exceeded": 3, "locked": 4, "interrupted": 130}
 SKIP_EXAMPLES = 20
 
 
@@ -412,9 +413,13 @@ def execute_job(
         dead_letters.flush()
         outcome["status"] = status
     except BaseException as exc:
-        outcome["error"] = f"{type(exc).__name__}: {exc}"
+        outcome["error"] = f"{type(exc).__name__}: {exc}".rstrip(": ")
+        if isinstance(exc, KeyboardInterrupt):
+            outcome["status"] = "interrupted"
         if sink.staged is not None:  # an overwrite that will not be published: its files and letters go
             _give_up_quietly(sink, dead_letters)
+        else:  # what the commits so far wrote stays, and the summary says so
+            outcome["written"] = {**outcome["written"], **sink.stats}
         raise
     finally:
         tally.print_progress(sink.stats["docs_written"], counters)

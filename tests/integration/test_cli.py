@@ -151,3 +151,34 @@ def test_a_local_run_starts_ray_on_jemalloc_and_its_actors_say_so(tmp_path: Path
     summary = yaml.safe_load(summary_path.read_text())  # JSON is YAML
     assert summary["counts"]["docs_written"] == 8
     assert summary["actors"]["allocators"] == {"jemalloc": summary["actors"]["size"]}
+
+
+def test_ctrl_c_ends_a_run_as_interrupted_with_its_commits_counted_and_a_rerun_resumes(tmp_path: Path) -> None:
+    import json
+    import signal
+    import time
+
+    exe = shutil.which("lateline") or str(Path(sys.executable).with_name("lateline"))
+    config = _write(tmp_path, _local(tmp_path, sink={"commit_rows": 1}, batching={"docs_per_block": 8}))
+    process = subprocess.Popen([exe, "index", "--config", config], cwd=REPO, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:  # interrupt once something is committed
+        summaries = list((tmp_path / "runs").glob("*/summary.json"))
+        if summaries and json.loads(summaries[0].read_text())["counts"]["docs_written"] > 0:
+            break
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err[-2000:]
+    assert "index interrupted: what it committed stays; run the same command again to resume" in err
+    (path,) = (tmp_path / "runs").glob("*/summary.json")
+    summary = json.loads(path.read_text())
+    assert summary["status"] == "interrupted" and summary["error"] == "KeyboardInterrupt"
+    committed = summary["counts"]["docs_written"]
+    assert 0 < committed < 60 and summary["table"]["commits"] > 0, "the summary counts what was committed"
+
+    rerun = _lateline("index", "--config", config)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    latest = json.loads(max((tmp_path / "runs").glob("*/summary.json")).read_text())
+    assert latest["counts"]["docs_skipped_unchanged"] >= committed
+    assert latest["counts"]["docs_written"] + latest["counts"]["docs_skipped_unchanged"] == 60

@@ -117,6 +117,13 @@ def test_reembed_promote_rollback_and_never_two_models_in_a_table(
     assert (tmp_path / "cmp" / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     assert promote_job.main(["--config", str(new_config)]) == 0
+    capsys.readouterr()
+    # After the promote the alias serves the new table: comparing it with itself is refused, and a rerun of
+    # the re-embed has nothing to do (a success: a schedule that runs it again is not failed).
+    assert compare_job.main(["--config", str(new_config), "--sample", "5", "--out", str(tmp_path / "cmp2")]) == 2
+    assert "compared with itself" in capsys.readouterr().err
+    assert reembed_job.main(["--config", str(new_config)]) == 0
+    assert "nothing to re-embed" in capsys.readouterr().err
     followed, _ = follow(load_config(old_config))
     assert followed.sink.table == new_name and followed.model.name_or_path == other_model
     query = "anonymous functions created with lambda"
