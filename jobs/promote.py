@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
 def default_table(config: JobConfig) -> str:
     """The table ``lateline reembed`` builds for this config by default."""
     _, _, _, identity = describe_model(config.model, config.embedding.document_prefix)
-    return target_name(config.sink.table, identity, embedding_settings(config.chunking, config.embedding, identity))
+    settings = embedding_settings(config.chunking, config.embedding, identity)
+    return target_name(config.sink.table, identity, settings, config.sink.vector_dtype)
 
 
 def describe_alias(state: AliasState) -> dict[str, Any]:

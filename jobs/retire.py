@@ -1,8 +1,9 @@
 """``lateline retire``: drop tables an alias no longer serves (with their dead-letter and manifest tables).
 
 ``--table T`` (repeatable) names them; ``--unserved`` takes every table of the alias (``<sink.table>`` and
-``<sink.table>__*``) except the one it serves. A table a rollback could return to is dropped only when named
-or with ``--unserved``: after that, rollback to it is refused.
+``<sink.table>__*``, promoted or not) except the one it serves; ``--dry-run`` lists them and drops nothing. A
+table a rollback could return to is dropped only when named or with ``--unserved``: after that, rollback to it
+is refused.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import json
 import sys
 
 from jobs.common import config_arguments, fail, parse
-from pipeline.aliases import AliasError, alias_state, model_tables, retire
+from pipeline.aliases import AliasError, alias_state, check_retirable, model_tables, retire
 from pipeline.lock import TableLocked
 from pipeline.runner import EXIT_CODES
 from pipeline.sink import connect, table_names
@@ -23,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     config_arguments(p)
     p.add_argument("--table", dest="tables", action="append", default=[], help="a table to drop (repeatable)")
     p.add_argument("--unserved", action="store_true", help="drop every table of the alias it does not serve")
+    p.add_argument("--dry-run", action="store_true", help="list what would be dropped; drop nothing")
     args, config = parse(p, argv, serving=False)
     if isinstance(config, int):
         return config
@@ -43,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_CODES["ok"]
         return fail("name tables with --table, or pass --unserved", "config")
     try:
+        if args.dry_run:
+            check_retirable(db, sink.uri, sink.table, tables)
+            print(json.dumps({"alias": sink.table, "serving": serving, "would_drop": tables}, indent=2))
+            return EXIT_CODES["ok"]
         dropped = retire(db, sink.uri, sink.table, tables, sink.storage_options)
     except AliasError as exc:
         return fail(str(exc), "config")

@@ -105,7 +105,10 @@ def promote(
     Holds ``table``'s writer lock throughout (a running ``reembed`` into it makes this raise ``TableLocked``)
     and runs ``check`` under it: any problems it returns abort the promote with :class:`AliasError`."""
     if table not in table_names(db):
-        raise AliasError(f"no table {table!r} at {uri!r} to promote (lateline reembed builds one)")
+        raise AliasError(
+            f"no table {table!r} at {uri!r} to promote (`lateline reembed --config <this config>` builds one; to "
+            f"serve the table that served before the last promote, use `lateline rollback`; or name one with --table)"
+        )
     if table.endswith(HELPER_SUFFIXES):
         raise AliasError(f"{table!r} is one of lateline's helper tables, not a table of vectors: it cannot be served")
     with (
@@ -233,15 +236,20 @@ def promotion_problems(db: Any, uri: str, name: str, table: str) -> list[tuple[s
     return problems
 
 
-def retire(db: Any, uri: str, name: str, tables: list[str], storage_options: dict | None = None) -> list[str]:
-    """Drop ``tables`` of the alias ``name`` with their dead-letter and manifest tables (each under its writer
-    lock); returns them. The serving table is refused with :class:`AliasError`."""
+def check_retirable(db: Any, uri: str, name: str, tables: list[str]) -> None:
+    """Raise :class:`AliasError` unless every one of ``tables`` exists and is not what the alias ``name`` serves."""
     serving = alias_state(db, name).serving
     for table in tables:
         if table not in table_names(db):
             raise AliasError(f"--table: no table {table!r} at {uri!r}")
         if table == serving:
             raise AliasError(f"table {table!r} is what alias {name!r} serves; promote or roll back first")
+
+
+def retire(db: Any, uri: str, name: str, tables: list[str], storage_options: dict | None = None) -> list[str]:
+    """Drop ``tables`` of the alias ``name`` with their dead-letter and manifest tables (each under its writer
+    lock); returns them. The serving table is refused with :class:`AliasError` (see :func:`check_retirable`)."""
+    check_retirable(db, uri, name, tables)
     for table in tables:
         with TableLock(uri, table, f"retire-{table}", storage_options):
             for helper in ("", "__deadletter", "__objects"):

@@ -60,6 +60,11 @@ def maintain(config: JobConfig) -> dict[str, Any]:
                 index_type=ANN_INDEX_TYPES[settings.ann_index],
             )
             actions.append(f"{settings.ann_index} vector index")
+        elif settings.ann_index != "none":  # said, so that a missing index is not a surprise
+            actions.append(
+                f"no vector index yet: {before['rows']:,} rows < maintain.ann_min_rows {settings.ann_min_rows:,} "
+                "(search scans every vector, exact and fast at this size)"
+            )
         if settings.fts:
             table.create_fts_index(schema.TEXT, replace=True)
             actions.append("text full-text index")

@@ -79,10 +79,12 @@ class StoredTable:
     batch_docs: int = 1_000
 
 
-def target_name(alias: str, identity: ModelIdentity, settings: dict) -> str:
-    """The default name of a re-embed's table: ``<alias>__<model name>-<first 8 of the settings digest>``."""
+def target_name(alias: str, identity: ModelIdentity, settings: dict, vector_dtype: str = "float32") -> str:
+    """The default name of a re-embed's table: ``<alias>__<model name>-<first 8 of the settings digest>``, with
+    ``-float16`` when it stores float16 vectors (a table holds one vector dtype)."""
     model = re.sub(r"[^A-Za-z0-9_.-]+", "-", identity.name).strip("-") or "model"
-    return f"{alias}__{model}-{settings_digest(settings)[:8]}"
+    dtype = "" if vector_dtype == "float32" else f"-{vector_dtype}"
+    return f"{alias}__{model}-{settings_digest(settings)[:8]}{dtype}"
 
 
 # --- read tasks ------------------------------------------------------------------------------------------
@@ -205,7 +207,7 @@ def run_reembed(
 
     source_name, table, record = open_source(config, source)
     context = runner.prepare(config, "reembed", [], limit)
-    target = target or target_name(config.sink.table, context.identity, context.settings)
+    target = target or target_name(config.sink.table, context.identity, context.settings, config.sink.vector_dtype)
     if target == source_name:
         raise NothingToReembed(
             f"table {source_name!r} already holds {context.identity.label} vectors with these settings; "

@@ -9,8 +9,8 @@ nor duplicates rows.
 Exit codes (:data:`EXIT_CODES`): 0 ok; 1 the run failed; 2 the configuration, source or table does not fit
 (nothing written); 3 the failure budget was exceeded, or every record read was dead-lettered (what could be
 written was committed, except by an ``overwrite``, which is then not published at all); 4 another job holds
-the table; 130 interrupted (Ctrl-C; the summary's status is ``interrupted``). An ``overwrite`` of an existing table is all or nothing: it does not resume, and until it is
-published the table stays as it was.
+the table; 130 interrupted (Ctrl-C; the summary's status is ``interrupted``). An ``overwrite`` of an existing
+table is all or nothing: it does not resume, and until it is published the table stays as it was.
 
 The run summary (``<runtime.summary_dir>/<run_id>/summary.json``, path printed) satisfies
 ``docs_in == docs_written + docs_skipped_unchanged + docs_dead_lettered``. It is written when the job starts
@@ -313,6 +313,7 @@ def run_index(
         from pipeline.maintain import maintain
 
         summary["maintain"] = maintain(config)
+        write_summary(config, context.run_id, summary)  # summary.json shows what maintain did too
     return summary
 
 

@@ -367,4 +367,7 @@ def test_maintain_can_run_after_each_job(ray_session, tmp_path: Path) -> None:
 
     table = lancedb.connect(str(tmp_path / "db")).open_table("chunks")
     assert {"chunk_id_idx", "text_idx"} <= {index.name for index in table.list_indices()}
+    assert "vector_idx" not in {index.name for index in table.list_indices()}
+    summary = _last_summary(tmp_path)
+    assert any(action.startswith("no vector index yet:") for action in summary["maintain"]["actions"]), "said why"
     assert not (tmp_path / "db" / "chunks.lateline-lock").exists()

@@ -151,6 +151,11 @@ def test_reembed_promote_rollback_and_never_two_models_in_a_table(
     followed, _ = follow(load_config(new_config))
     assert followed.sink.table == "chunks" and followed.model.name_or_path != other_model
 
+    before = lancedb.connect(str(tmp_path / "db")).table_names()
+    capsys.readouterr()
+    assert retire_job.main(["--config", str(old_config), "--unserved", "--dry-run"]) == 0
+    assert json.loads(capsys.readouterr().out)["would_drop"] == [new_name]
+    assert lancedb.connect(str(tmp_path / "db")).table_names() == before, "a dry run drops nothing"
     assert retire_job.main(["--config", str(old_config), "--unserved"]) == 0
     assert lancedb.connect(str(tmp_path / "db")).table_names() == ["chunks", "chunks__alias", "chunks__objects"]
     assert retire_job.main(["--config", str(old_config), "--table", "chunks"]) == 2  # the serving table

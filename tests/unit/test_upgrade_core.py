@@ -133,6 +133,8 @@ def test_target_name_is_a_valid_table_name_per_model_and_settings() -> None:
     name = target_name("chunks", identity, {"chunker": {"size": 1}})
     assert name.startswith("chunks__org-Model-v2-") and len(name.rsplit("-", 1)[1]) == 8
     assert name != target_name("chunks", identity, {"chunker": {"size": 2}})
+    # A table holds one vector dtype: float16 vectors of the same model get a table of their own.
+    assert target_name("chunks", identity, {"chunker": {"size": 1}}, "float16") == f"{name}-float16"
 
 
 def test_naive_mode_of_a_cls_model_pools_the_first_position(tiny_bert) -> None:
