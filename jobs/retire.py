@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         tables += [t for t in model_tables(db, sink.table) if t != serving and t not in tables]
     if not tables:
         if args.unserved:  # nothing left to clean up is a success, so a scheduled clean-up can run it blindly
-            print(json.dumps({"alias": sink.table, "serving": serving, "dropped": []}, indent=2))
+            key = "would_drop" if args.dry_run else "dropped"
+            print(json.dumps({"alias": sink.table, "serving": serving, key: []}, indent=2))
             print(
                 f"nothing to retire: {sink.table!r} has no table besides {serving!r}, which it serves", file=sys.stderr
             )
