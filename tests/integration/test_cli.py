@@ -160,7 +160,15 @@ def test_ctrl_c_ends_a_run_as_interrupted_with_its_commits_counted_and_a_rerun_r
 
     exe = shutil.which("lateline") or str(Path(sys.executable).with_name("lateline"))
     config = _write(tmp_path, _local(tmp_path, sink={"commit_rows": 1}, batching={"docs_per_block": 8}))
-    process = subprocess.Popen([exe, "index", "--config", config], cwd=REPO, stderr=subprocess.PIPE, text=True)
+    # A shell without job control starts background commands with SIGINT ignored, and Python then never turns
+    # it into KeyboardInterrupt: give the job the default, as a terminal's Ctrl-C would find it.
+    process = subprocess.Popen(
+        [exe, "index", "--config", config],
+        cwd=REPO,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:  # interrupt once something is committed
         summaries = list((tmp_path / "runs").glob("*/summary.json"))
