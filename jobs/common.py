@@ -10,6 +10,7 @@ from typing import Any
 
 from pipeline.aliases import AliasError, follow
 from pipeline.config import ConfigError, JobConfig, load_config
+from pipeline.interrupts import Terminated, sigterm_interrupts
 from pipeline.lock import TableLocked
 from pipeline.reembed import NothingToReembed, ReembedError
 from pipeline.runner import EXIT_CODES
@@ -70,9 +71,11 @@ def fail(message: str, code: str) -> int:
 
 
 def run_writing_job(job: str, work: Callable[[], dict[str, Any]]) -> int:
-    """Run a job that writes the table; print the summary's head; map failures to exit codes."""
+    """Run a job that writes the table; print the summary's head; map failures to exit codes. SIGTERM stops it
+    like Ctrl-C (exit 143 instead of 130; see :mod:`pipeline.interrupts`)."""
     try:
-        summary = work()
+        with sigterm_interrupts():
+            summary = work()
     except NothingToReembed as exc:  # already done (a rerun after its promote): a success for a schedule
         print(str(exc), file=sys.stderr)
         return EXIT_CODES["ok"]
@@ -80,9 +83,11 @@ def run_writing_job(job: str, work: Callable[[], dict[str, Any]]) -> int:
         return fail(str(exc), "config")
     except TableLocked as exc:
         return fail(str(exc), "locked")
-    except KeyboardInterrupt:
-        print(f"{job} interrupted: what it committed stays; run the same command again to resume", file=sys.stderr)
-        return EXIT_CODES["interrupted"]
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (ray job stop, Kubernetes, kill): wound down alike
+        terminated = isinstance(exc, Terminated)
+        how = "stopped (SIGTERM)" if terminated else "interrupted"
+        print(f"{job} {how}: what it committed stays; run the same command again to resume", file=sys.stderr)
+        return EXIT_CODES["terminated" if terminated else "interrupted"]
     except Exception as exc:
         return fail(f"{job} failed: {type(exc).__name__}: {exc}", "failed")
     print(json.dumps({key: summary.get(key) for key in SUMMARY_KEYS}, indent=2))

@@ -9,8 +9,10 @@ nor duplicates rows.
 Exit codes (:data:`EXIT_CODES`): 0 ok; 1 the run failed; 2 the configuration, source or table does not fit
 (nothing written); 3 the failure budget was exceeded, or every record read was dead-lettered (what could be
 written was committed, except by an ``overwrite``, which is then not published at all); 4 another job holds
-the table; 130 interrupted (Ctrl-C; the summary's status is ``interrupted``). An ``overwrite`` of an existing
-table is all or nothing: it does not resume, and until it is published the table stays as it was.
+the table; 130 interrupted by Ctrl-C, 143 by SIGTERM (``ray job stop``, Kubernetes, ``kill``; the job's command
+installs :func:`pipeline.interrupts.sigterm_interrupts`): in both the summary's status is ``interrupted``. An
+``overwrite`` of an existing table is all or nothing: it does not resume, and until it is published the table
+stays as it was.
 
 The run summary (``<runtime.summary_dir>/<run_id>/summary.json``, path printed) satisfies
 ``docs_in == docs_written + docs_skipped_unchanged + docs_dead_lettered``. It is written when the job starts
@@ -49,6 +51,7 @@ from pipeline.config import ConfigError, JobConfig, RuntimeConfig, redacted
 from pipeline.deadletters import DeadLetterLog
 from pipeline.docids import DocIdSet, batched
 from pipeline.fingerprint import embedding_settings, settings_digest
+from pipeline.interrupts import keeping_sigterm_handler
 from pipeline.known import KnownDocuments
 from pipeline.lock import TableLock
 from pipeline.manifest import ObjectManifest, object_digest
@@ -58,8 +61,16 @@ from pipeline.sink import LanceSink, recorded_sections
 from pipeline.sources import SourceObject, list_source_objects
 from pipeline.stages import ALLOCATOR, COMPUTE_DTYPE, RunStats, split_skips
 
-# 130: what a shell reports for a command ended by Ctrl-C (128 + SIGINT).
-EXIT_CODES = {"ok": 0, "failed": 1, "config": 2, "failure_budget_exceeded": 3, "locked": 4, "interrupted": 130}
+# 130 and 143: what a shell reports for a command ended by Ctrl-C (128 + SIGINT) and by SIGTERM (128 + 15).
+EXIT_CODES = {
+    "ok": 0,
+    "failed": 1,
+    "config": 2,
+    "failure_budget_exceeded": 3,
+    "locked": 4,
+    "interrupted": 130,
+    "terminated": 143,
+}
 SKIP_EXAMPLES = 20
 
 
@@ -383,7 +394,9 @@ def execute_job(
     }
     actors, counters = None, {}
 
-    def report_running(actors: ActorPlan | None, counters: dict[str, float]) -> None:
+    def report_running(reported_actors: ActorPlan | None, reported_counters: dict[str, float]) -> None:
+        nonlocal actors, counters  # the latest, for the final summary: a run that fails or is stopped has no others
+        actors, counters = reported_actors, reported_counters
         running = {**outcome, "status": "running", "written": dict(sink.stats)}
         summary = run_summary(context, actors, tally, running, counters, started_at, tally.started)
         write_summary(context.config, context.run_id, summary | ({"source": summary_source} if summary_source else {}))
@@ -451,7 +464,8 @@ def stream_into_sink(
     report: Callable[[ActorPlan, dict[str, float]], None] | None = None,
 ) -> tuple[ActorPlan, dict[str, float]]:
     """Start (or join) Ray, build the plan (``build(actors, stats)``) and feed its output to the sink as it
-    streams; ``report(actors, counters)`` is called with every progress line (the running summary)."""
+    streams; ``report(actors, counters)`` is called with every progress line (the running summary), and once
+    more with the final counters when the stream ends, however it ends."""
     config = context.config
     starting = time.monotonic()
     ray = _init_ray(config.runtime)
@@ -479,7 +493,18 @@ def stream_into_sink(
         heartbeat.join()
         counters = _poll(ray, stats, tally) | {"ray_start_s": ray_start_s, "first_output_s": first_output_s or 0.0}
         ray.kill(stats)  # the actor lives as long as the driver otherwise (eval and tests run many jobs)
+        _report_quietly(progress, counters)
     return actors, counters
+
+
+def _report_quietly(report: Callable[[dict[str, float]], None] | None, counters: dict[str, float]) -> None:
+    """Hand the final counters to ``report`` without hiding an error that may be propagating."""
+    if report is None:
+        return
+    try:
+        report(counters)
+    except Exception as exc:
+        log(f"warning: the running summary could not be written ({type(exc).__name__}: {exc})")
 
 
 def outputs_as_they_come(dataset: Any) -> Iterator[Any]:
@@ -657,7 +682,8 @@ def _init_ray(runtime: RuntimeConfig) -> Any:
         system_config = None if address else {"worker_niceness": 0}
         quiet_ray_notices(local=not address)
         started_here = {} if address else allocator_environment(runtime.cpu_allocator, bundled_jemalloc(), os.environ)
-        with environment(started_here):  # the processes ray.init starts inherit it; the driver keeps its own
+        # the processes ray.init starts inherit the environment; the driver keeps its own, and its SIGTERM handler
+        with environment(started_here), keeping_sigterm_handler():
             ray.init(
                 address=address,
                 logging_level=logging.WARNING,

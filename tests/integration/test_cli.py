@@ -153,7 +153,16 @@ def test_a_local_run_starts_ray_on_jemalloc_and_its_actors_say_so(tmp_path: Path
     assert summary["actors"]["allocators"] == {"jemalloc": summary["actors"]["size"]}
 
 
-def test_ctrl_c_ends_a_run_as_interrupted_with_its_commits_counted_and_a_rerun_resumes(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("stop", "code", "line", "error"),
+    [
+        ("SIGINT", 130, "index interrupted: ", "KeyboardInterrupt"),  # Ctrl-C
+        ("SIGTERM", 143, "index stopped (SIGTERM): ", "Terminated: SIGTERM"),  # ray job stop, Kubernetes, kill
+    ],
+)
+def test_ctrl_c_or_sigterm_ends_a_run_as_interrupted_with_its_commits_counted_and_a_rerun_resumes(
+    tmp_path: Path, stop: str, code: int, line: str, error: str
+) -> None:
     import json
     import signal
     import time
@@ -175,13 +184,15 @@ def test_ctrl_c_ends_a_run_as_interrupted_with_its_commits_counted_and_a_rerun_r
         if summaries and json.loads(summaries[0].read_text())["counts"]["docs_written"] > 0:
             break
         time.sleep(0.2)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(getattr(signal, stop))
     _, err = process.communicate(timeout=120)
-    assert process.returncode == 130, err[-2000:]
-    assert "index interrupted: what it committed stays; run the same command again to resume" in err
+    assert process.returncode == code, err[-2000:]
+    assert line + "what it committed stays; run the same command again to resume" in err
+    assert "Traceback" not in err
     (path,) = (tmp_path / "runs").glob("*/summary.json")
     summary = json.loads(path.read_text())
-    assert summary["status"] == "interrupted" and summary["error"] == "KeyboardInterrupt"
+    assert summary["status"] == "interrupted" and summary["error"] == error
+    assert summary["counts"]["forward_tokens"] > 0, "the stages' counters reach an interrupted run's summary"
     committed = summary["counts"]["docs_written"]
     assert 0 < committed < 60 and summary["table"]["commits"] > 0, "the summary counts what was committed"
 

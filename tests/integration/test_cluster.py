@@ -194,12 +194,11 @@ def _config(workdir: Path, source: str) -> Path:
     return path
 
 
-def _submit(cluster: LoopbackCluster, module: str, config: Path) -> str:
+def _submit(cluster: LoopbackCluster, module: str, config: Path, env_vars: dict[str, str] | None = None) -> str:
     """Submit ``python -m jobs.<module> --config CONFIG`` with the repo as working directory, as a user would
     with ``ray job submit --working-dir . -- python -m jobs.index --config ...``."""
-    return cluster.client().submit_job(
-        entrypoint=f"python -m jobs.{module} --config {config}", runtime_env={"working_dir": str(REPO)}
-    )
+    runtime_env = {"working_dir": str(REPO), **({"env_vars": env_vars} if env_vars else {})}
+    return cluster.client().submit_job(entrypoint=f"python -m jobs.{module} --config {config}", runtime_env=runtime_env)
 
 
 def _wait(cluster: LoopbackCluster, job_id: str, timeout: float = 300) -> str:
@@ -255,17 +254,48 @@ def _commits(db: Path) -> int:
     return len(list((db / "chunks.lance" / "_versions").glob("*.manifest")))
 
 
-def _kill_worker_after_first_commit(cluster: LoopbackCluster, job_id: str, db: Path) -> None:
-    """Wait until the job has committed once and is still running, then SIGKILL the worker node and start a
-    replacement (as KubeRay replaces a lost worker pod)."""
+def _wait_for_first_commit(cluster: LoopbackCluster, job_id: str, db: Path) -> None:
+    """Wait until the job has committed once and is still running."""
     client, deadline = cluster.client(), time.monotonic() + 240
     while _commits(db) < 1 or not (db / "chunks.lateline-lock").exists():
         status = str(client.get_job_status(job_id).value)
         assert status not in TERMINAL, f"job ended ({status}) before it could be interrupted"
         assert time.monotonic() < deadline, "the job never committed"
         time.sleep(0.05)
+
+
+def _kill_worker_after_first_commit(cluster: LoopbackCluster, job_id: str, db: Path) -> None:
+    """Wait until the job has committed once and is still running, then SIGKILL the worker node and start a
+    replacement (as KubeRay replaces a lost worker pod)."""
+    _wait_for_first_commit(cluster, job_id, db)
     cluster.kill("worker-1")
     cluster.add_worker("worker-2", num_cpus=1)
+
+
+def test_ray_job_stop_ends_the_job_interrupted_with_its_summary_and_the_same_job_again_resumes(
+    cluster: LoopbackCluster, clean_run: dict, s3_corpus: str, tmp_path: Path
+) -> None:
+    """``ray job stop`` (what KubeRay does for a deleted RayJob or its ``activeDeadlineSeconds``) sends SIGTERM,
+    then SIGKILL after ``RAY_JOB_STOP_WAIT_TIME_S``, raised here as the RayJob manifests do: the job winds down
+    as on Ctrl-C, and its summary says interrupted and counts its commits."""
+    config = _config(tmp_path, s3_corpus)
+    job_id = _submit(cluster, "index", config, env_vars={"RAY_JOB_STOP_WAIT_TIME_S": "60"})
+    _wait_for_first_commit(cluster, job_id, tmp_path / "db")
+    client = cluster.client()
+    client.stop_job(job_id)
+    assert _wait(cluster, job_id) == "STOPPED"
+    logs = client.get_job_logs(job_id)
+    assert "index stopped (SIGTERM): what it committed stays; run the same" in logs, logs[-3000:]
+    (path,) = (tmp_path / "runs").glob("*/summary.json")
+    summary = json.loads(path.read_text())
+    assert summary["status"] == "interrupted" and summary["error"] == "Terminated: SIGTERM"
+    assert 0 < summary["counts"]["docs_written"] < len(DOCS) and summary["table"]["commits"] > 0
+    assert summary["counts"]["forward_tokens"] > 0, "the stages' counters reach a stopped run's summary"
+
+    assert _wait(cluster, _submit(cluster, "index", config)) == "SUCCEEDED"
+    table = _rows(tmp_path / "db")
+    _check_table(table)
+    assert table[schema.CHUNK_ID].to_pylist() == clean_run["table"][schema.CHUNK_ID].to_pylist()
 
 
 @pytest.mark.slow  # about a minute on 2 cores, on top of the cluster start and the clean run it compares with

@@ -247,6 +247,14 @@ def test_a_rayjob_for_each_job_runs_an_existing_module_on_the_cluster() -> None:
     assert shlex.split(jobs["backfill"]["spec"]["entrypoint"])[-1].startswith("s3://"), "backfill names a prefix"
 
 
+def test_rayjobs_that_write_the_table_get_time_to_wind_down_when_stopped() -> None:
+    for job, rayjob in _rayjobs().items():
+        if job not in {"index", "backfill", "reembed"}:  # maintain's commits are Lance's own, each atomic
+            continue
+        env = yaml.safe_load(rayjob["spec"]["runtimeEnvYAML"])["env_vars"]
+        assert int(env["RAY_JOB_STOP_WAIT_TIME_S"]) >= 30, f"{job}: Ray's 3 s may cut the run summary short"
+
+
 def test_rayjob_configs_are_in_the_mounted_configmap_and_validate() -> None:
     cluster = _only("RayCluster")
     mounts = _head_mounts(cluster)
