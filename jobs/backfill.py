@@ -10,13 +10,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from jobs.common import config_arguments, fail, parse, run_writing_job
+from jobs.common import config_arguments, fail, job_parser, parse, run_writing_job
 from pipeline.runner import run_index
 from pipeline.sources import list_uris
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lateline backfill", description=__doc__)
+    p = job_parser("backfill", __doc__)
     config_arguments(p)
     p.add_argument("uris", nargs="*", help="URIs, prefixes or globs to backfill (default: source.uri)")
     p.add_argument("--from-list", type=Path, help="a file with one URI per line (blank lines and # comments skipped)")

@@ -20,6 +20,11 @@ from pipeline.sources import SourceError
 SUMMARY_KEYS = ("run_id", "status", "counts", "time_s", "throughput", "summary_path")
 
 
+def job_parser(job: str, doc: str | None) -> argparse.ArgumentParser:
+    """The parser of ``lateline <job>``, described by the module's docstring without its reST quoting."""
+    return argparse.ArgumentParser(prog=f"lateline {job}", description=(doc or "").replace("``", ""))
+
+
 def config_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``--config PATH`` and repeatable ``--set dotted.key=value``."""
     parser.add_argument("--config", required=True, help="job config YAML (see configs/)")

@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import Any
 
-from jobs.common import config_arguments, fail, parse
+from jobs.common import config_arguments, fail, job_parser, parse
 from jobs.promote import default_table
 from pipeline.aliases import pointed_at, serving_table
 from pipeline.compare import QueryFileError, compare_report, load_queries, sample_queries, table_side, write_report
@@ -21,7 +21,7 @@ from pipeline.sink import TableMismatch, connect, table_names
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lateline compare", description=__doc__)
+    p = job_parser("compare", __doc__)
     config_arguments(p)
     p.add_argument("--old", help="the old table (default: the one sink.table serves)")
     p.add_argument("--new", help="the new table (default: the re-embed table of the config's model)")
@@ -31,7 +31,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--min-overlap", type=float, default=0.5, help="verdict: least mean document overlap@k (default 0.5)"
     )
-    p.add_argument("--out", default="compare-results", help="directory for compare.json/.md/.png")
+    p.add_argument(
+        "--out", default="compare-results", help="directory for compare.json/.md/.png (default: compare-results)"
+    )
     return p
 
 

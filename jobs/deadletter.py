@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from jobs.common import config_arguments, fail, load_or_exit, run_writing_job
+from jobs.common import config_arguments, fail, job_parser, load_or_exit, run_writing_job
 from pipeline.deadletters import dead_letter_table_name, read_dead_letters
 from pipeline.runner import EXIT_CODES, run_index
 from pipeline.sink import open_table
@@ -16,7 +16,7 @@ SNIPPET_CHARS = 80
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lateline deadletter", description=__doc__)
+    p = job_parser("deadletter", __doc__)
     p.add_argument("action", choices=["list", "replay"])
     config_arguments(p)
     p.add_argument("--json", action="store_true", help="list: one JSON object per line")

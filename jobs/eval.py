@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from jobs.common import config_arguments, fail, parse
+from jobs.common import config_arguments, fail, job_parser, parse
 from pipeline.config import ConfigError
 from pipeline.evaluation import DatasetError, run_eval
 from pipeline.runner import EXIT_CODES
@@ -23,7 +23,7 @@ def _sizes(text: str) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="lateline eval", description=__doc__)
+    p = job_parser("eval", __doc__)
     config_arguments(p)
     p.add_argument("--dataset", required=True, help="a BEIR-layout directory")
     p.add_argument("--out", type=Path, default=Path("eval-results"), help="output folder (default eval-results)")

@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 
-from jobs.common import config_arguments, fail, load_or_exit, run_writing_job
+from jobs.common import config_arguments, fail, job_parser, load_or_exit, run_writing_job
 from pipeline.config import ConfigError, JobConfig
 from pipeline.dryrun import dry_run
 from pipeline.runner import EXIT_CODES, run_index
@@ -16,7 +16,7 @@ from pipeline.sources import SourceError
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lateline index", description=__doc__)
+    p = job_parser("index", __doc__)
     config_arguments(p)
     p.add_argument("--limit", type=int, default=None, help="index at most N documents (a trial; removes nothing)")
     p.add_argument(

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
-from jobs.common import config_arguments, fail, parse
+from jobs.common import config_arguments, fail, job_parser, parse
 from pipeline.lock import TableLocked
 from pipeline.maintain import NothingToMaintain, maintain
 from pipeline.runner import EXIT_CODES
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="lateline maintain", description=__doc__)
+    p = job_parser("maintain", __doc__)
     config_arguments(p)
     _, config = parse(p, argv)
     if isinstance(config, int):

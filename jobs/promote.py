@@ -12,7 +12,7 @@ import json
 import sys
 from typing import Any
 
-from jobs.common import config_arguments, fail, parse
+from jobs.common import config_arguments, fail, job_parser, parse
 from pipeline.aliases import MISSING_DOCUMENTS, AliasError, AliasState, promote, promotion_problems
 from pipeline.config import ConfigError, JobConfig
 from pipeline.fingerprint import embedding_settings
@@ -24,7 +24,7 @@ from pipeline.sink import connect
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lateline promote", description=__doc__)
+    p = job_parser("promote", __doc__)
     config_arguments(p)
     p.add_argument("--table", help="the table to serve (default: the re-embed table of the config's model)")
     p.add_argument("--note", default="", help="a note kept in the alias history")

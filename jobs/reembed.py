@@ -10,15 +10,22 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs.common import config_arguments, fail, parse, run_writing_job
+from jobs.common import config_arguments, fail, job_parser, parse, run_writing_job
 from pipeline.reembed import run_reembed
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lateline reembed", description=__doc__)
+    p = job_parser("reembed", __doc__)
     config_arguments(p)
     p.add_argument("--from", dest="source", help="the table to re-embed (default: the one sink.table serves)")
-    p.add_argument("--to", dest="target", help="the new table (default: <sink.table>__<model>-<settings digest>)")
+    p.add_argument(
+        "--to",
+        dest="target",
+        help=(
+            "the new table (default: <sink.table>__<model>-<8 hex of the settings digest>, with -float16 for "
+            "float16 vectors)"
+        ),
+    )
     p.add_argument("--limit", type=int, default=None, help="re-embed at most N documents (a trial)")
     return p
 

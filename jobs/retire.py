@@ -8,11 +8,10 @@ is refused.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
-from jobs.common import config_arguments, fail, parse
+from jobs.common import config_arguments, fail, job_parser, parse
 from pipeline.aliases import AliasError, alias_state, check_retirable, model_tables, retire
 from pipeline.lock import TableLocked
 from pipeline.runner import EXIT_CODES
@@ -20,7 +19,7 @@ from pipeline.sink import connect, table_names
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="lateline retire", description=__doc__)
+    p = job_parser("retire", __doc__)
     config_arguments(p)
     p.add_argument("--table", dest="tables", action="append", default=[], help="a table to drop (repeatable)")
     p.add_argument("--unserved", action="store_true", help="drop every table of the alias it does not serve")

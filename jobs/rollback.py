@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
-from jobs.common import config_arguments, fail, parse
+from jobs.common import config_arguments, fail, job_parser, parse
 from jobs.promote import describe_alias
 from pipeline.aliases import AliasError, rollback
 from pipeline.lock import TableLocked
@@ -15,7 +14,7 @@ from pipeline.sink import connect
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="lateline rollback", description=__doc__)
+    p = job_parser("rollback", __doc__)
     config_arguments(p)
     p.add_argument("--note", default="", help="a note kept in the alias history")
     args, config = parse(p, argv, serving=False)

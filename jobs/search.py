@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs.common import config_arguments, fail, load_or_exit
+from jobs.common import config_arguments, fail, job_parser, load_or_exit
 from pipeline.config import ConfigError
 from pipeline.runner import EXIT_CODES
 from pipeline.search import TableNotFound, search
@@ -15,7 +15,7 @@ PREVIEW_CHARS = 240
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lateline search", description=__doc__)
+    p = job_parser("search", __doc__)
     config_arguments(p)
     p.add_argument("query", help="the query text")
     p.add_argument("-k", type=int, default=10, help="how many results (default 10)")

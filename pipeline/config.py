@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
+from pipeline.storage_options import as_lance_options, fsspec_option_problems, lance_option_problems
+
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
 
@@ -23,6 +25,14 @@ class ConfigError(ValueError):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _checked_options(options: dict[str, Any], problems: list[str], given: dict[str, Any] | None = None) -> dict:
+    """``options``, or a ValueError with the ``problems`` joined and the keys ``given`` (default: ``options``);
+    values are never shown: they may be secrets."""
+    if problems:
+        raise ValueError("; ".join(problems) + " (got keys " + ", ".join(map(repr, given or options)) + ")")
+    return options
 
 
 class SourceConfig(_Strict):
@@ -43,6 +53,11 @@ class SourceConfig(_Strict):
     max_doc_chars: int = Field(default=5_000_000, gt=0)
     read_batch_docs: int = Field(default=1_000, gt=0)
 
+    @field_validator("storage_options")
+    @classmethod
+    def _fsspec_keys(cls, options: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        return _checked_options(options, fsspec_option_problems(info.data.get("uri", ""), options))
+
     @field_validator("include")
     @classmethod
     def _some_pattern(cls, include: tuple[str, ...] | None) -> tuple[str, ...] | None:
@@ -62,7 +77,8 @@ class SourceConfig(_Strict):
 
 
 class ChunkingConfig(_Strict):
-    """How a document is split. ``size`` is the token cap of a chunk for every strategy."""
+    """How a document is split. ``size`` is the token cap of a chunk for every strategy but ``none`` (the whole
+    document)."""
 
     strategy: Literal["tokens", "sentences", "paragraphs", "none"] = "tokens"
     size: int = Field(default=256, gt=0)
@@ -93,6 +109,11 @@ class ModelConfig(_Strict):
     max_length: int | None = Field(default=None, gt=8)
     trust_remote_code: bool = False
     storage_options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("storage_options")
+    @classmethod
+    def _fsspec_keys(cls, options: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        return _checked_options(options, fsspec_option_problems(info.data.get("name_or_path", ""), options))
 
 
 class EmbeddingConfig(_Strict):
@@ -136,6 +157,13 @@ class SinkConfig(_Strict):
     vector_dtype: Literal["float32", "float16"] = "float32"
     follow_alias: bool = True
     storage_options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("storage_options")
+    @classmethod
+    def _lance_keys(cls, options: dict[str, Any], info: ValidationInfo) -> dict[str, str]:
+        strings, unusable = as_lance_options(options)
+        misnamed = lance_option_problems(info.data.get("uri", ""), options)
+        return _checked_options(strings, misnamed or unusable, given=options)
 
 
 class RuntimeConfig(_Strict):

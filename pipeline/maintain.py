@@ -28,14 +28,25 @@ class NothingToMaintain(RuntimeError):
 
 def table_shape(table: Any) -> dict[str, Any]:
     """Rows, versions, fragments and indexes of a table."""
-    stats = table.stats()
-    fragments = stats["fragment_stats"] if isinstance(stats, dict) else stats.fragment_stats
     return {
         "rows": table.count_rows(),
         "versions": len(table.list_versions()),
-        "fragments": fragments["num_fragments"] if isinstance(fragments, dict) else fragments.num_fragments,
+        "fragments": fragment_count(table),
         "indexes": sorted(index.name for index in table.list_indices()),
     }
+
+
+def fragment_count(table: Any) -> int:
+    stats = table.stats()
+    fragments = stats["fragment_stats"] if isinstance(stats, dict) else stats.fragment_stats
+    return fragments["num_fragments"] if isinstance(fragments, dict) else fragments.num_fragments
+
+
+def compaction_action(before: int, after: int) -> str:
+    """What a compaction did, from the fragment counts around it."""
+    if after < before:
+        return f"compacted {before:,} fragments into {after:,}"
+    return f"compaction: nothing to merge ({after:,} fragment{'' if after == 1 else 's'})"
 
 
 def maintain(config: JobConfig) -> dict[str, Any]:
@@ -49,7 +60,7 @@ def maintain(config: JobConfig) -> dict[str, Any]:
         actions = []
         if settings.compact:
             table.optimize(cleanup_older_than=timedelta(hours=settings.retain_versions_hours))
-            actions.append("compacted")
+            actions.append(compaction_action(before["fragments"], fragment_count(table)))
         table.create_scalar_index(schema.CHUNK_ID, replace=True)
         actions.append("chunk_id index")
         if settings.ann_index != "none" and before["rows"] >= settings.ann_min_rows:

@@ -187,8 +187,8 @@ def pooling_of(path: str) -> str:
 
 
 def pick_dtype(requested: str, device: str) -> str:
-    """``auto`` -> bfloat16 where the hardware runs it fast (CUDA with bf16, CPUs with AVX512-BF16 or AMX),
-    else float32."""
+    """``auto`` -> on CUDA, bfloat16 (float16 on GPUs without bf16); on CPUs, bfloat16 where they run it fast
+    (AVX512-BF16 or AMX), else float32."""
     import torch
 
     if requested != "auto":

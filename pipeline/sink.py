@@ -197,6 +197,16 @@ STORE_FAILURES = (
     ("tcp connect error", "the endpoint cannot be reached"),
     ("dns error", "the endpoint's host name does not resolve"),
     ("BadScheme", "an http:// endpoint needs allow_http: 'true' in the storage options (or AWS_ALLOW_HTTP=true)"),
+    (
+        "Failed to get AWS credentials",
+        "no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or run with an "
+        "instance or pod identity (or give aws_access_key_id and aws_secret_access_key in the storage options)",
+    ),
+    (
+        "Failed to resolve region",
+        "the bucket's region could not be found: give aws_region in the storage options (or AWS_REGION), and "
+        "aws_endpoint for an S3-compatible store",
+    ),
 )
 
 

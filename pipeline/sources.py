@@ -55,8 +55,9 @@ def list_source_objects(source: SourceConfig, setting: str = "source.uri") -> li
         fs, path = url_to_fs(source.uri, **source.storage_options)
         entries, root = with_retries(f"listing {source.uri}", lambda: _list(fs, path, source.include_patterns()))
     except Exception as exc:
+        cause = NO_CREDENTIALS_HINT if type(exc).__name__ == "NoCredentialsError" else str(exc)
         raise SourceError(
-            f"{setting}: cannot list {source.uri!r}: {exc} (check it and source.storage_options)"
+            f"{setting}: cannot list {source.uri!r}: {cause} (check it and source.storage_options)"
         ) from exc
     if not entries:
         patterns = ", ".join(source.include_patterns())
@@ -218,12 +219,25 @@ def fingerprinted(doc: dict[str, Any], settings_digest: str, known: Mapping[str,
 
 RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 _PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, UnicodeError, ValueError)
+# botocore errors of the set-up, not of the network: a retry finds the same missing credentials or profile.
+_PERMANENT_BOTOCORE = {
+    "NoCredentialsError",
+    "PartialCredentialsError",
+    "ProfileNotFound",
+    "NoRegionError",
+    "ParamValidationError",
+    "InvalidConfigError",
+}
+NO_CREDENTIALS_HINT = (
+    "no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or run with an "
+    "instance or pod identity"
+)
 
 
 def is_transient(exc: BaseException) -> bool:
     """Errors worth a retry: network and timeout errors, 5xx-style I/O errors, botocore/aiohttp connection
     errors. Missing objects, denied access and malformed data are permanent."""
-    if isinstance(exc, _PERMANENT):
+    if isinstance(exc, _PERMANENT) or type(exc).__name__ in _PERMANENT_BOTOCORE:
         return False
     if isinstance(exc, OSError | ConnectionError | TimeoutError):
         return True

@@ -267,6 +267,7 @@ def test_maintain_compacts_and_builds_indexes(ray_session, tmp_path: Path, capsy
     report = json.loads(capsys.readouterr().out)
     assert code == 0 and report["before"]["fragments"] > 1
     assert report["after"]["fragments"] == 1 and report["after"]["versions"] == 1
+    assert report["actions"][0] == f"compacted {report['before']['fragments']} fragments into 1"
     assert report["after"]["rows"] == report["before"]["rows"] >= 200
     assert {"chunk_id_idx", "text_idx", "vector_idx"} <= set(report["after"]["indexes"])
 

@@ -117,7 +117,7 @@ def test_overrides_parse_yaml_scalars_into_nested_keys() -> None:
             "runtime.ray_progress_bars=true",
             "sink.commit_seconds=2.5",
             "model.revision=null",
-            "sink.storage_options.client_kwargs.endpoint_url=http://127.0.0.1:9000",
+            "source.storage_options.client_kwargs.endpoint_url=http://127.0.0.1:9000",
             "embedding.document_prefix=",
             "source.uri=s3://bucket/docs=2024/",
         ],
@@ -126,7 +126,7 @@ def test_overrides_parse_yaml_scalars_into_nested_keys() -> None:
     assert raw["runtime"]["ray_progress_bars"] is True
     assert raw["sink"]["commit_seconds"] == 2.5
     assert raw["model"]["revision"] is None
-    assert raw["sink"]["storage_options"] == {"client_kwargs": {"endpoint_url": "http://127.0.0.1:9000"}}
+    assert raw["source"]["storage_options"] == {"client_kwargs": {"endpoint_url": "http://127.0.0.1:9000"}}
     assert raw["embedding"]["document_prefix"] == ""
     assert raw["source"]["uri"] == "s3://bucket/docs=2024/"  # only the first '=' splits
     config = parse_config(raw)
@@ -198,26 +198,35 @@ def test_file_errors_are_reported_through_config_error(tmp_path: Path) -> None:
 
 
 def test_redacted_masks_secrets_but_keeps_the_endpoint() -> None:
-    options = {
+    s3fs = {  # the source's (fsspec) spelling
         "key": "AKIAEXAMPLE",
         "secret": "s3cr3t",
         "token": "tok",
-        "session_token": "sess",
         "password": "hunter2",
-        "aws_secret_access_key": "abc",
         "endpoint_url": "http://127.0.0.1:9000",
         "client_kwargs": {"endpoint_url": "http://minio:9000", "region_name": "us-east-1"},
         "anon": False,
     }
-    config = parse_config({"source": {**SOURCE, "storage_options": options}, "sink": {"storage_options": options}})
+    lance = {  # the sink's (LanceDB) spelling
+        "aws_access_key_id": "AKIAEXAMPLE",
+        "aws_secret_access_key": "s3cr3t",
+        "session_token": "sess",
+        "aws_endpoint": "http://127.0.0.1:9000",
+        "allow_http": True,
+    }
+    source = {**SOURCE, "uri": "s3://bucket/docs/", "storage_options": s3fs}
+    config = parse_config({"source": source, "sink": {"uri": "s3://bucket/db", "storage_options": lance}})
     data = redacted(config)
-    for section in ("source", "sink"):
-        shown = data[section]["storage_options"]
-        for secret in ("key", "secret", "token", "session_token", "password", "aws_secret_access_key"):
-            assert shown[secret] == "***", (section, secret)
-        assert shown["endpoint_url"] == "http://127.0.0.1:9000"
-        assert shown["client_kwargs"] == {"endpoint_url": "http://minio:9000", "region_name": "us-east-1"}
-        assert shown["anon"] is False
+    shown = data["source"]["storage_options"]
+    for secret in ("key", "secret", "token", "password"):
+        assert shown[secret] == "***", secret
+    assert shown["endpoint_url"] == "http://127.0.0.1:9000" and shown["anon"] is False
+    assert shown["client_kwargs"] == {"endpoint_url": "http://minio:9000", "region_name": "us-east-1"}
+    shown = data["sink"]["storage_options"]
+    for secret in ("aws_access_key_id", "aws_secret_access_key", "session_token"):
+        assert shown[secret] == "***", secret
+    assert shown["aws_endpoint"] == "http://127.0.0.1:9000"
+    assert shown["allow_http"] == "true", "LanceDB takes strings: YAML's true is given as 'true'"
     text = repr(data)
     assert not re.search("AKIAEXAMPLE|s3cr3t|hunter2|sess'", text)
     assert config.source.storage_options["key"] == "AKIAEXAMPLE"  # the config itself is untouched
