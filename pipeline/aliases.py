@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+from pydantic import ValidationError
 
-from pipeline.config import ChunkingConfig, EmbeddingConfig, JobConfig, ModelConfig
+from pipeline.config import ChunkingConfig, ConfigError, EmbeddingConfig, JobConfig, ModelConfig
 from pipeline.lock import TableLock
 from pipeline.sink import connect, read_table_record, table_names
 
@@ -185,6 +186,23 @@ def _local_path_missing(uri: str) -> bool:
     return "://" not in path and not Path(path).expanduser().exists()
 
 
+def _recorded_sections(table: str, model: dict[str, Any], sections: dict[str, Any]) -> dict[str, Any]:
+    """The model, chunking and embedding sections ``table`` records, validated; a ``ConfigError`` naming the
+    table and the keys when this version refuses them (never the values: the model's options may hold secrets)."""
+    try:
+        return {
+            "model": ModelConfig.model_validate(model, context={"recorded": True}),
+            "chunking": ChunkingConfig.model_validate(sections["chunking"]),
+            "embedding": EmbeddingConfig.model_validate(sections["embedding"]),
+        }
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_input=False))
+        raise ConfigError(
+            f"sink.table: the table {table!r} records settings this version of lateline refuses ({problems}); "
+            "re-embed it with a current config, or set sink.follow_alias: false"
+        ) from None
+
+
 def pointed_at(config: JobConfig, db: Any, table: str, adopt: bool = True) -> JobConfig:
     """``config`` with ``sink.table = table``; with ``adopt``, also the model, chunking, embedding and vector
     dtype ``table`` records (a table without a record keeps the config's)."""
@@ -196,11 +214,7 @@ def pointed_at(config: JobConfig, db: Any, table: str, adopt: bool = True) -> Jo
         # The record masks secret-looking model storage options; the job's own options fill them in.
         recorded = {k: v for k, v in sections["model"].get("storage_options", {}).items() if v != "***"}
         model = {**sections["model"], "storage_options": {**recorded, **config.model.storage_options}}
-        updates = {
-            "model": ModelConfig(**model),
-            "chunking": ChunkingConfig(**sections["chunking"]),
-            "embedding": EmbeddingConfig(**sections["embedding"]),
-        }
+        updates = _recorded_sections(table, model, sections)
         sink["vector_dtype"] = sections.get("vector_dtype", "float32")
     return config.model_copy(update={**updates, "sink": config.sink.model_copy(update=sink)})
 

@@ -113,6 +113,8 @@ class ModelConfig(_Strict):
     @field_validator("storage_options")
     @classmethod
     def _fsspec_keys(cls, options: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        if (info.context or {}).get("recorded"):  # a table's record: written by a run that used these options
+            return options
         return _checked_options(options, fsspec_option_problems(info.data.get("name_or_path", ""), options))
 
 

@@ -45,18 +45,26 @@ def sigterm_interrupts() -> Iterator[None]:
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, before)
+        if before is not None:  # None: installed from C, cannot be restored from Python
+            signal.signal(signal.SIGTERM, before)
 
 
 @contextlib.contextmanager
 def keeping_sigterm_handler() -> Iterator[None]:
-    """Restore SIGTERM's handler after the block: ``ray.init`` installs its own (``sys.exit``) over the caller's."""
+    """Restore SIGTERM's handler after the block: ``ray.init`` installs its own (``sys.exit(15)``) over the
+    caller's as it starts. When the caller's is :func:`sigterm_interrupts`'s and a SIGTERM came during the block,
+    Ray's ``SystemExit`` becomes :class:`Terminated`, as if the caller's handler had run."""
     if not _in_main_thread():
         yield
         return
     before = signal.getsignal(signal.SIGTERM)
     try:
         yield
+    except SystemExit as exc:
+        if before is not _raise_terminated or exc.code != signal.SIGTERM:
+            raise
+        before = signal.SIG_DFL  # what the caller's handler leaves for a second SIGTERM
+        raise Terminated("SIGTERM") from None
     finally:
         if before is not None:  # None: installed from C, cannot be restored from Python
             signal.signal(signal.SIGTERM, before)

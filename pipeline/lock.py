@@ -20,6 +20,8 @@ from typing import Any
 
 from fsspec.core import url_to_fs
 
+from pipeline.storage_options import as_s3fs_options
+
 STALE_AFTER = timedelta(minutes=30)
 
 
@@ -111,36 +113,10 @@ class TableLock:
         self.release()
 
 
-# LanceDB (object_store) option names -> s3fs arguments; anything else is left to the AWS environment.
-_S3FS_KEYS = {
-    "aws_access_key_id": "key",
-    "access_key_id": "key",
-    "aws_secret_access_key": "secret",
-    "secret_access_key": "secret",
-    "aws_session_token": "token",
-    "session_token": "token",
-}
-_S3FS_CLIENT_KEYS = {
-    "aws_endpoint": "endpoint_url",
-    "endpoint": "endpoint_url",
-    "aws_region": "region_name",
-    "region": "region_name",
-}
-
-
 def fsspec_options(storage_options: dict[str, Any]) -> dict[str, Any]:
     """The sink's LanceDB ``storage_options`` as fsspec/s3fs arguments, so the lock file lives where the
-    table does with the same credentials and endpoint."""
-    options: dict[str, Any] = {}
-    client: dict[str, Any] = {}
-    for key, value in storage_options.items():
-        if key.lower() in _S3FS_KEYS:
-            options[_S3FS_KEYS[key.lower()]] = value
-        elif key.lower() in _S3FS_CLIENT_KEYS:
-            client[_S3FS_CLIENT_KEYS[key.lower()]] = value
-    if client:
-        options["client_kwargs"] = client
-    return options
+    table does with the same credentials and endpoint (see :func:`pipeline.storage_options.as_s3fs_options`)."""
+    return as_s3fs_options(storage_options)
 
 
 def process_start(pid: int) -> str | None:

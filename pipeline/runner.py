@@ -23,6 +23,7 @@ run that takes over its lock marks it ``interrupted`` and says so.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -396,7 +397,8 @@ def execute_job(
 
     def report_running(reported_actors: ActorPlan | None, reported_counters: dict[str, float]) -> None:
         nonlocal actors, counters  # the latest, for the final summary: a run that fails or is stopped has no others
-        actors, counters = reported_actors, reported_counters
+        # Counters only grow, and a failed poll gives none: merged, the summary keeps the last known of each.
+        actors, counters = reported_actors, {**counters, **reported_counters}
         running = {**outcome, "status": "running", "written": dict(sink.stats)}
         summary = run_summary(context, actors, tally, running, counters, started_at, tally.started)
         write_summary(context.config, context.run_id, summary | ({"source": summary_source} if summary_source else {}))
@@ -404,7 +406,7 @@ def execute_job(
     try:
         report_running(None, {})
         if build is not None:
-            actors, counters = stream_into_sink(context, build, sink, dead_letters, tally, report_running)
+            stream_into_sink(context, build, sink, dead_letters, tally, report_running)
         sink.commit()
         docs_written = sink.stats["docs_written"]
         warn_if_nothing_indexed(context.config, tally, docs_written)
@@ -461,11 +463,11 @@ def stream_into_sink(
     sink: LanceSink,
     dead_letters: DeadLetterLog,
     tally: Tally,
-    report: Callable[[ActorPlan, dict[str, float]], None] | None = None,
-) -> tuple[ActorPlan, dict[str, float]]:
+    report: Callable[[ActorPlan, dict[str, float]], None],
+) -> None:
     """Start (or join) Ray, build the plan (``build(actors, stats)``) and feed its output to the sink as it
     streams; ``report(actors, counters)`` is called with every progress line (the running summary), and once
-    more with the final counters when the stream ends, however it ends."""
+    more with the final counters when the stream ends, however it ends: how the run learns its counters."""
     config = context.config
     starting = time.monotonic()
     ray = _init_ray(config.runtime)
@@ -475,7 +477,7 @@ def stream_into_sink(
     stats = ray.remote(num_cpus=0)(RunStats).remote()
     dataset = build(actors, stats)
     stop = threading.Event()
-    progress = functools.partial(report, actors) if report else None
+    progress = functools.partial(report, actors)
     heartbeat = threading.Thread(target=_heartbeat, args=(stop, tally, sink, ray, stats, progress), daemon=True)
     heartbeat.start()
     first_output_s = None
@@ -491,16 +493,15 @@ def stream_into_sink(
     finally:
         stop.set()
         heartbeat.join()
-        counters = _poll(ray, stats, tally) | {"ray_start_s": ray_start_s, "first_output_s": first_output_s or 0.0}
-        ray.kill(stats)  # the actor lives as long as the driver otherwise (eval and tests run many jobs)
+        final = _poll(ray, stats, tally, timeout=10)  # short: a stopped job has seconds before it is killed
+        counters = final | {"ray_start_s": ray_start_s, "first_output_s": first_output_s or 0.0}
         _report_quietly(progress, counters)
-    return actors, counters
+        with contextlib.suppress(Exception):  # never hide the error that may be propagating
+            ray.kill(stats)  # the actor lives as long as the driver otherwise (eval and tests run many jobs)
 
 
-def _report_quietly(report: Callable[[dict[str, float]], None] | None, counters: dict[str, float]) -> None:
+def _report_quietly(report: Callable[[dict[str, float]], None], counters: dict[str, float]) -> None:
     """Hand the final counters to ``report`` without hiding an error that may be propagating."""
-    if report is None:
-        return
     try:
         report(counters)
     except Exception as exc:
@@ -724,11 +725,11 @@ def quiet_ray_notices(local: bool) -> None:
             logger.addFilter(_DropNotice(start))
 
 
-def _poll(ray: Any, stats: Any, tally: Tally) -> dict[str, float]:
+def _poll(ray: Any, stats: Any, tally: Tally, timeout: float = 30) -> dict[str, float]:
     """The stages' counters; the object record counts reported since the last poll go to ``tally``. A failed
     poll gives no counters and keeps the counts known so far (the share done does not fall back)."""
     try:
-        counters, reported = ray.get(stats.poll.remote(tally.object_rows_seen), timeout=30)
+        counters, reported = ray.get(stats.poll.remote(tally.object_rows_seen), timeout=timeout)
     except Exception:
         return {}
     tally.add_object_rows(reported)

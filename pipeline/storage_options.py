@@ -6,12 +6,17 @@ that names neither the key nor the option meant. The two sides also spell the sa
 source and an object-storage model are read with fsspec (s3fs: ``endpoint_url``, ``key``, ``secret``,
 ``client_kwargs``) and the sink with LanceDB (``aws_endpoint``, ``aws_access_key_id``, ``aws_region``).
 
-Only ``s3://`` locations are checked, top-level keys only:
+Keys are checked for ``s3://`` locations only, top-level keys only:
 
-- fsspec side: every key must be an argument of s3fs's filesystem (read from its signature, so it follows the
-  installed version); a LanceDB-style key is answered with its s3fs name.
+- fsspec side: every key must be an argument of s3fs's filesystem or of the botocore session it creates (read
+  from their signatures, so it follows the installed versions); a LanceDB-style key is answered with its s3fs
+  name.
 - LanceDB side: Lance accepts many keys, and more with each release, so an unknown key is refused only when it
-  is an s3fs-only key (its LanceDB name is given) or a near miss of a key Lance documents.
+  is an s3fs-only key (its LanceDB name is given) or a near miss of a key Lance documents (with or without the
+  ``aws_`` prefix, which Lance's object store accepts either way).
+
+LanceDB's values are strings for every sink, local included: :func:`as_lance_options` turns YAML scalars into
+them, drops ``null`` ones (an option left unset) and refuses lists and mappings.
 """
 
 from __future__ import annotations
@@ -21,22 +26,44 @@ import inspect
 from functools import cache
 from typing import Any
 
-# LanceDB-style keys written on the fsspec side -> what s3fs calls them.
-_S3FS_NAME_OF = {
-    "aws_endpoint": "endpoint_url",
-    "aws_endpoint_url": "endpoint_url",
-    "endpoint": "endpoint_url",
+# LanceDB (object_store) keys, lower case -> the s3fs argument for the same setting (``client_kwargs.x``: a key
+# of s3fs's ``client_kwargs``). The one table both for naming s3fs's key in an error and for opening the sink's
+# location with fsspec (the lock file, staged files), so the two never disagree.
+S3FS_ARGUMENT_OF_LANCE_KEY = {
     "aws_access_key_id": "key",
     "access_key_id": "key",
     "aws_secret_access_key": "secret",
     "secret_access_key": "secret",
     "aws_session_token": "token",
     "session_token": "token",
-    "aws_region": "client_kwargs: {region_name: ...}",
-    "region": "client_kwargs: {region_name: ...}",
+    "aws_token": "token",
+    "token": "token",
+    "aws_endpoint": "client_kwargs.endpoint_url",
+    "aws_endpoint_url": "client_kwargs.endpoint_url",
+    "endpoint": "client_kwargs.endpoint_url",
+    "endpoint_url": "client_kwargs.endpoint_url",
+    "aws_region": "client_kwargs.region_name",
+    "region": "client_kwargs.region_name",
+    "aws_default_region": "client_kwargs.region_name",
+    "default_region": "client_kwargs.region_name",
+}
+
+
+def _s3fs_spelling(argument: str) -> str:
+    """How a user writes ``argument`` in ``source.storage_options``."""
+    if argument == "client_kwargs.endpoint_url":
+        return "endpoint_url"  # an argument of s3fs's own as well
+    if argument.startswith("client_kwargs."):
+        return f"client_kwargs: {{{argument.removeprefix('client_kwargs.')}: ...}}"
+    return argument
+
+
+# LanceDB-style keys written on the fsspec side -> what s3fs calls them.
+_S3FS_NAME_OF = {key: _s3fs_spelling(argument) for key, argument in S3FS_ARGUMENT_OF_LANCE_KEY.items()} | {
     "region_name": "client_kwargs: {region_name: ...}",
     "allow_http": "nothing (s3fs uses an http:// endpoint_url as given)",
     "aws_allow_http": "nothing (s3fs uses an http:// endpoint_url as given)",
+    "aws_profile": "profile",
 }
 
 # s3fs keys written on the LanceDB side -> what LanceDB calls them.
@@ -96,6 +123,14 @@ LANCE_S3_KEYS = frozenset(
         "aws_request_payer",
         "aws_conditional_put",
         "aws_copy_if_not_exists",
+        "aws_bucket",
+        "aws_bucket_name",
+        "bucket",
+        "bucket_name",
+        "aws_disable_tagging",
+        "aws_container_credentials_relative_uri",
+        "aws_sse_customer_key_base64",
+        "aws_token",
     }
 )
 
@@ -107,15 +142,17 @@ def _is_s3(uri: str) -> bool:
 @cache
 def s3fs_keys() -> frozenset[str]:
     """The keyword arguments s3fs's filesystem takes: its constructor's, its base classes', fsspec's listing
-    cache's and ``skip_instance_cache`` (taken by fsspec's instance cache)."""
+    cache's, ``skip_instance_cache`` (taken by fsspec's instance cache) and those of the botocore session s3fs
+    creates with what is left over (``profile``)."""
     import fsspec
+    from aiobotocore.session import AioSession
     from fsspec.dircache import DirCache
 
     filesystem = fsspec.get_filesystem_class("s3")
     keys = {"skip_instance_cache"}
     for init in [klass.__dict__["__init__"] for klass in filesystem.__mro__ if "__init__" in klass.__dict__]:
         keys |= _named_parameters(init)
-    return frozenset(keys | _named_parameters(DirCache.__init__))
+    return frozenset(keys | _named_parameters(DirCache.__init__) | _named_parameters(AioSession.__init__))
 
 
 def _named_parameters(function: Any) -> set[str]:
@@ -131,7 +168,7 @@ def fsspec_option_problems(uri: str, options: dict[str, Any]) -> list[str]:
     for key in options:
         if key in known:
             continue
-        if str(key).lower() in _S3FS_NAME_OF:
+        if str(key).lower() in _S3FS_NAME_OF and str(key).lower() not in known:  # s3fs's names are case-sensitive
             problems.append(
                 f"{key!r} is LanceDB's name (for sink.storage_options); s3fs's is {_S3FS_NAME_OF[str(key).lower()]}"
             )
@@ -149,7 +186,7 @@ def lance_option_problems(uri: str, options: dict[str, Any]) -> list[str]:
     problems = []
     for key in options:
         lower = str(key).lower()
-        if lower in LANCE_S3_KEYS:
+        if _lance_knows(lower):
             continue
         if lower in _LANCE_NAME_OF:
             problems.append(
@@ -158,6 +195,26 @@ def lance_option_problems(uri: str, options: dict[str, Any]) -> list[str]:
         elif suggestion := _did_you_mean(lower, LANCE_S3_KEYS):
             problems.append(f"unknown LanceDB option {key!r}{suggestion}")
     return problems
+
+
+def as_s3fs_options(lance_options: dict[str, Any]) -> dict[str, Any]:
+    """The sink's LanceDB ``storage_options`` as s3fs arguments (credentials, endpoint, region), so what lateline
+    writes beside the table with fsspec goes where the table does; other keys are left to the AWS environment."""
+    options: dict[str, Any] = {}
+    for key, value in lance_options.items():
+        argument = S3FS_ARGUMENT_OF_LANCE_KEY.get(str(key).lower())
+        if argument is None:
+            continue
+        if argument.startswith("client_kwargs."):
+            options.setdefault("client_kwargs", {})[argument.removeprefix("client_kwargs.")] = value
+        else:
+            options[argument] = value
+    return options
+
+
+def _lance_knows(lower: str) -> bool:
+    # object_store takes its S3 keys with and without the aws_ prefix (aws_allow_http, allow_http).
+    return lower in LANCE_S3_KEYS or lower.removeprefix("aws_") in LANCE_S3_KEYS or f"aws_{lower}" in LANCE_S3_KEYS
 
 
 def as_lance_options(options: dict[str, Any]) -> tuple[dict[str, str], list[str]]:
@@ -173,5 +230,5 @@ def as_lance_options(options: dict[str, Any]) -> tuple[dict[str, str], list[str]
 
 
 def _did_you_mean(key: str, known: frozenset[str]) -> str:
-    close = difflib.get_close_matches(str(key), sorted(known), n=1, cutoff=0.8)
+    close = difflib.get_close_matches(str(key).lower(), sorted(known), n=1, cutoff=0.8)
     return f" (did you mean {close[0]!r}?)" if close else ""

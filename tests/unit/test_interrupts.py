@@ -45,3 +45,54 @@ def test_the_handler_before_ray_init_is_kept_though_the_block_replaces_it():
         assert signal.getsignal(signal.SIGTERM) is mine
     finally:
         signal.signal(signal.SIGTERM, before)
+
+
+def test_a_sigterm_while_ray_init_holds_its_own_handler_still_stops_the_job_as_terminated():
+    import sys
+
+    with pytest.raises(Terminated), sigterm_interrupts(), keeping_sigterm_handler():
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))  # what ray.init installs
+        _sigterm_self()
+
+
+def test_ray_inits_exit_passes_through_when_the_caller_did_not_ask_for_terminated():
+    import sys
+
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(SystemExit), keeping_sigterm_handler():
+            signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
+            _sigterm_self()
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def test_outside_the_main_thread_nothing_is_installed():
+    import threading
+
+    before, seen = signal.getsignal(signal.SIGTERM), []
+
+    def worker() -> None:
+        with sigterm_interrupts(), keeping_sigterm_handler():
+            seen.append(signal.getsignal(signal.SIGTERM))
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert seen == [before] and signal.getsignal(signal.SIGTERM) is before
+
+
+@pytest.mark.parametrize(
+    ("raised", "code", "line"),
+    [(Terminated("SIGTERM"), 143, "index stopped (SIGTERM): "), (KeyboardInterrupt(), 130, "index interrupted: ")],
+)
+def test_a_writing_job_stopped_or_interrupted_exits_with_the_shells_code_and_says_how_to_resume(
+    raised: BaseException, code: int, line: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from jobs.common import run_writing_job
+
+    def work() -> dict:
+        raise raised
+
+    assert run_writing_job("index", work) == code
+    assert line + "what it committed stays; run the same command again to resume" in capsys.readouterr().err

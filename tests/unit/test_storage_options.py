@@ -63,11 +63,48 @@ def test_a_sink_on_s3_refuses_s3fs_keys_near_misses_and_nested_values(options: d
 
 
 def test_a_sink_passes_keys_lance_may_know_and_gets_every_value_as_a_string() -> None:
-    options = {"AWS_REGION": "eu-west-1", "allow_http": True, "timeout": 60, "some_future_lance_option": "x"}
+    options = {"AWS_REGION": "eu-west-1", "allow_http": True, "client_max_retries": 3, "some_future_lance_option": "x"}
     sink = parse_config({"source": SOURCE, "sink": {"uri": "s3://bucket/db", "storage_options": options}}).sink
     assert sink.storage_options == {
         "AWS_REGION": "eu-west-1",
         "allow_http": "true",
-        "timeout": "60",
+        "client_max_retries": "3",
         "some_future_lance_option": "x",
     }
+
+
+def test_every_spelling_lance_and_s3fs_accept_passes() -> None:
+    lance = {"aws_allow_http": "true", "AWS_ALLOW_HTTP": "true", "aws_connect_timeout": "5s", "conditional_put": "etag"}
+    lance |= {"default_region": "eu", "endpoint_url": "http://x", "token": "t", "aws_user_agent": "me"}
+    sink = {"uri": "s3://bucket/db", "storage_options": lance}
+    assert set(parse_config({"source": SOURCE, "sink": sink}).sink.storage_options) == set(lance)
+    s3fs = {"profile": "analytics", "session_vars": {}, "endpoint_url": "http://x"}
+    assert parse_config({"source": {**SOURCE, "storage_options": s3fs}}).source.storage_options == s3fs
+
+
+def test_the_near_miss_of_a_mis_cased_s3fs_key_is_named_and_aws_profile_is_answered() -> None:
+    assert "did you mean 'endpoint_url'?" in _error({"source": {**SOURCE, "storage_options": {"Endpoint_URL": "x"}}})
+    assert "s3fs's is profile" in _error({"source": {**SOURCE, "storage_options": {"aws_profile": "x"}}})
+
+
+def test_the_sinks_options_open_the_same_place_with_fsspec() -> None:
+    from pipeline.storage_options import as_s3fs_options
+
+    options = {"endpoint_url": "http://minio:9000", "AWS_DEFAULT_REGION": "eu", "aws_token": "t", "timeout": "60s"}
+    assert as_s3fs_options(options) == {
+        "client_kwargs": {"endpoint_url": "http://minio:9000", "region_name": "eu"},
+        "token": "t",
+    }
+
+
+def test_a_tables_recorded_options_are_not_checked_again_and_a_refused_record_shows_no_value() -> None:
+    from pipeline.aliases import _recorded_sections
+
+    model = {"name_or_path": "s3://models/x/", "storage_options": {"region": "eu", "secret": "SECRETVALUE"}}
+    sections = {"chunking": {"strategy": "tokens", "size": 64}, "embedding": {}}
+    assert _recorded_sections("t", model, sections)["model"].storage_options["secret"] == "SECRETVALUE"
+    with pytest.raises(ConfigError) as raised:
+        _recorded_sections("t", model, {**sections, "chunking": {"size": 0, "secret": "SECRETVALUE"}})
+    message = str(raised.value)
+    assert message.startswith("sink.table: the table 't' records settings this version of lateline refuses (")
+    assert "size" in message and "SECRETVALUE" not in message
