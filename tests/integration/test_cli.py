@@ -168,7 +168,11 @@ def test_ctrl_c_or_sigterm_ends_a_run_as_interrupted_with_its_commits_counted_an
     import time
 
     exe = shutil.which("lateline") or str(Path(sys.executable).with_name("lateline"))
-    config = _write(tmp_path, _local(tmp_path, sink={"commit_rows": 1}, batching={"docs_per_block": 8}))
+    # A running summary every second: the signal must come after the first commit and before the run ends.
+    runtime = {"summary_dir": str(tmp_path / "runs"), "progress_seconds": 1}
+    config = _write(
+        tmp_path, _local(tmp_path, sink={"commit_rows": 1}, batching={"docs_per_block": 8}, runtime=runtime)
+    )
     # A shell without job control starts background commands with SIGINT ignored, and Python then never turns
     # it into KeyboardInterrupt: give the job the default, as a terminal's Ctrl-C would find it.
     process = subprocess.Popen(
@@ -186,6 +190,7 @@ def test_ctrl_c_or_sigterm_ends_a_run_as_interrupted_with_its_commits_counted_an
         time.sleep(0.2)
     process.send_signal(getattr(signal, stop))
     _, err = process.communicate(timeout=120)
+    assert "index: ok; run summary" not in err, "the run ended before the signal: nothing was interrupted"
     assert process.returncode == code, err[-2000:]
     assert line + "what it committed stays; run the same command again to resume" in err
     assert "Traceback" not in err
