@@ -63,7 +63,7 @@ def _list(rows: list[dict], as_json: bool) -> int:
         else:
             snippet = " ".join((row["snippet"] or "").split())[:SNIPPET_CHARS]
             print(f"{row['reason']:<18} {row['source_uri']}  {row['doc_id'] or '-'}  {row['detail']}  | {snippet}")
-    print(f"{len(rows)} dead letters", file=sys.stderr)
+    print(f"{len(rows)} dead letter" + ("" if len(rows) == 1 else "s"), file=sys.stderr)
     return EXIT_CODES["ok"]
 
 

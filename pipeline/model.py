@@ -241,6 +241,12 @@ def describe_model(config: ModelConfig, document_prefix: str = "") -> tuple[Any,
             f"model.name_or_path: {config.name_or_path!r} has no weights ({', '.join(_WEIGHT_SUFFIXES)} files)"
         )
     max_length = window_length(model_config, tokenizer, config.max_length)
+    if config.max_length and max_length < config.max_length:
+        warnings.warn(
+            f"model.max_length {config.max_length:,} is more than {config.name_or_path!r} takes: windows are "
+            f"{max_length:,} tokens (longer documents are embedded in overlapping windows)",
+            stacklevel=2,
+        )
     pooling = pooling_of(path)
     if pooling == "cls":
         warnings.warn(

@@ -59,7 +59,7 @@ from pipeline.manifest import ObjectManifest, object_digest
 from pipeline.model import ModelIdentity, describe_model
 from pipeline.plan import ActorPlan, build_dataset, size_actor_pool
 from pipeline.sink import LanceSink, recorded_sections
-from pipeline.sources import SourceObject, list_source_objects
+from pipeline.sources import SourceObject, list_source_objects, outside_source
 from pipeline.stages import ALLOCATOR, COMPUTE_DTYPE, RunStats, split_skips
 
 # 130 and 143: what a shell reports for a command ended by Ctrl-C (128 + SIGINT) and by SIGTERM (128 + 15).
@@ -337,8 +337,11 @@ def _execute(context: RunContext, sink: LanceSink, dead_letters: DeadLetterLog) 
     manifest = ObjectManifest(config.sink.uri, config.sink.table, config.sink.storage_options)
     if config.sink.mode == "overwrite":  # the old table's record goes just before the new table replaces it
         sink.before_publish = manifest.clear
-    # A replay re-reads the objects it is given on purpose.
+    # A replay re-reads the objects it is given on purpose. An object with dead letters is read again whatever
+    # the manifest says, so that its letters are replaced: a run with a wrong setting (say source.text_field)
+    # dead-letters objects the manifest still holds from the run before it, and the corrected run must clear them.
     skip = set() if context.job == "replay" else manifest.unchanged(context.objects, digest, config.source, known)
+    skip -= dead_letters.objects() if skip else set()
     to_read = [obj for obj in context.objects if obj.path not in skip]
     # A --limit run stops early: it has no share of the source to show.
     sizes = {obj.path: obj.size for obj in to_read} if context.limit is None else {}
@@ -351,11 +354,19 @@ def _execute(context: RunContext, sink: LanceSink, dead_letters: DeadLetterLog) 
         f"({_table_now(sink, known)}) with {context.identity.label} ({config.embedding.mode} mode)"
     )
 
+    if context.job == "backfill" and context.origin != config.source.uri and config.sink.delete_missing:
+        warn_outside_source(config, context.objects)
+
     def build(actors: ActorPlan, stats: Any) -> Any:
         return build_dataset(config, to_read, digest, actors, stats, known, context.limit)
 
     def finish(outcome: dict[str, Any]) -> None:
         outcome["deleted"] = _delete_missing(context, sink, known, tally)
+        if outcome["deleted"]:
+            log(
+                f"{context.job}: removed {_plural(outcome['deleted'], 'document')} gone from the source "
+                "(sink.delete_missing)"
+            )
         if config.sink.mode == "overwrite":  # (a table new to this run published nothing: clear here too)
             manifest.clear()
         if context.limit is None:
@@ -435,7 +446,7 @@ def execute_job(
         if sink.staged is not None:  # an overwrite that will not be published: its files and letters go
             _give_up_quietly(sink, dead_letters)
         else:  # what the commits so far wrote stays, and the summary says so
-            outcome["written"] = {**outcome["written"], **sink.stats}
+            outcome["written"] = {**outcome["written"], **sink.stats, **_table_state_quietly(sink)}
         raise
     finally:
         tally.print_progress(sink.stats["docs_written"], counters)
@@ -445,6 +456,15 @@ def execute_job(
         summary["summary_path"] = str(write_summary(context.config, context.run_id, summary))
         log(f"{context.job}: {summary['status']}; run summary at {summary['summary_path']}")
     return summary
+
+
+def _table_state_quietly(sink: LanceSink) -> dict[str, Any]:
+    """The table's rows and version for a failed run's summary; nothing when they cannot be read (the failure
+    may be the store's)."""
+    try:
+        return sink.table_state()
+    except Exception:
+        return {}
 
 
 def _give_up_quietly(sink: LanceSink, dead_letters: DeadLetterLog) -> None:
@@ -617,6 +637,17 @@ def warn_if_nothing_indexed(config: JobConfig, tally: Tally, docs_written: int) 
     log(f"warning: every one of the {dead:,} records read was dead-lettered {note}")
 
 
+def warn_outside_source(config: JobConfig, objects: list[SourceObject]) -> None:
+    """A backfill of objects outside ``source.uri``: the next ``index`` removes their documents; say so now."""
+    outside = outside_source(config.source, objects)
+    if outside:
+        log(
+            f"warning: this backfill reads {_plural(len(outside), 'object')} outside source.uri "
+            f"({config.source.uri!r}), e.g. {outside[0].path!r}: the next `lateline index` removes their documents "
+            "(sink.delete_missing); move them under source.uri, or widen it"
+        )
+
+
 def warn_about_duplicates(job: str, tally: Tally) -> None:
     """Say what dropped ``duplicate_doc_id`` copies cost and what to do: each was read and embedded before its
     id was found taken. A backfill or replay keeps the copies of objects it does not read, so documents that
@@ -659,11 +690,18 @@ def budget_status(config: JobConfig, tally: Tally, docs_written: int) -> str:
     limit, fraction = config.runtime.max_dead_letters, config.runtime.max_dead_letter_fraction
     if (limit is not None and dead > limit) or (fraction is not None and docs_in and dead / docs_in > fraction):
         log(
-            f"{sum(tally.dead_lettered.values())} dead letters exceed the failure budget (runtime.max_dead_letters"
-            f"={limit}, runtime.max_dead_letter_fraction={fraction}); see `lateline deadletter list`"
+            f"{_plural(dead, 'dead letter')}: over the failure budget ({_budget(limit, fraction)}); "
+            "see `lateline deadletter list`"
         )
         return "failure_budget_exceeded"
     return "ok"
+
+
+def _budget(limit: int | None, fraction: float | None) -> str:
+    """The failure budget's settings that are set, as config keys."""
+    parts = [f"runtime.max_dead_letters: {limit}"] if limit is not None else []
+    parts += [f"runtime.max_dead_letter_fraction: {fraction}"] if fraction is not None else []
+    return ", ".join(parts)
 
 
 def _init_ray(runtime: RuntimeConfig) -> Any:

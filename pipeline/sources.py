@@ -90,6 +90,13 @@ def list_uris(source: SourceConfig, uris: list[str], missing_ok: bool = False) -
     return [found[path] for path in sorted(found)]
 
 
+def outside_source(source: SourceConfig, objects: list[SourceObject]) -> list[SourceObject]:
+    """The ``objects`` that do not lie under ``source.uri``'s folder (its root; see ``_root``): a backfill's
+    documents that an ``index`` of ``source.uri`` would not list, and so would remove."""
+    base = _source_root(source)
+    return [obj for obj in objects if base is None or not obj.path.startswith(base.rstrip("/") + "/")]
+
+
 def _source_root(source: SourceConfig) -> str | None:
     try:
         fs, path = url_to_fs(source.uri, **source.storage_options)

@@ -155,6 +155,16 @@ def s3fs_keys() -> frozenset[str]:
     return frozenset(keys | _named_parameters(DirCache.__init__) | _named_parameters(AioSession.__init__))
 
 
+@cache
+def client_kwargs_keys() -> frozenset[str]:
+    """What s3fs's ``client_kwargs`` may hold: the arguments of the botocore client it creates with them
+    (empty, so unchecked, where that private method is not found)."""
+    from aiobotocore.session import AioSession
+
+    create = getattr(AioSession, "_create_client", None)
+    return frozenset(_named_parameters(create) - {"service_name"}) if create else frozenset()
+
+
 def _named_parameters(function: Any) -> set[str]:
     named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
     return {name for name, p in inspect.signature(function).parameters.items() if p.kind in named} - {"self"}
@@ -165,7 +175,9 @@ def fsspec_option_problems(uri: str, options: dict[str, Any]) -> list[str]:
     if not _is_s3(uri):
         return []
     known, problems = s3fs_keys(), []
-    for key in options:
+    for key, value in options.items():
+        if key == "client_kwargs" and isinstance(value, dict):
+            problems += _client_kwargs_problems(value)
         if key in known:
             continue
         if str(key).lower() in _S3FS_NAME_OF and str(key).lower() not in known:  # s3fs's names are case-sensitive
@@ -175,6 +187,15 @@ def fsspec_option_problems(uri: str, options: dict[str, Any]) -> list[str]:
         else:
             hint = _did_you_mean(key, known) or f" (s3fs takes: {', '.join(sorted(known))})"
             problems.append(f"unknown s3fs option {key!r}{hint}")
+    return problems
+
+
+def _client_kwargs_problems(client_kwargs: dict[str, Any]) -> list[str]:
+    known, problems = client_kwargs_keys(), []
+    for key in client_kwargs:
+        if known and key not in known:
+            hint = _did_you_mean(key, known) or f" (botocore takes: {', '.join(sorted(known))})"
+            problems.append(f"unknown client_kwargs key {key!r}{hint}")
     return problems
 
 

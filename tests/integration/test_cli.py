@@ -200,6 +200,7 @@ def test_ctrl_c_or_sigterm_ends_a_run_as_interrupted_with_its_commits_counted_an
     assert summary["counts"]["forward_tokens"] > 0, "the stages' counters reach an interrupted run's summary"
     committed = summary["counts"]["docs_written"]
     assert 0 < committed < 60 and summary["table"]["commits"] > 0, "the summary counts what was committed"
+    assert summary["table"]["rows"] >= summary["counts"]["rows_written"] > 0 and summary["table"]["version"]
 
     rerun = _lateline("index", "--config", config)
     assert rerun.returncode == 0, rerun.stderr[-2000:]

@@ -59,7 +59,7 @@ def _rows(tmp_path: Path, table: str = "chunks") -> pa.Table:
     return lancedb.connect(str(tmp_path / "db")).open_table(table).to_arrow().sort_by(schema.CHUNK_ID)
 
 
-def test_unchanged_costs_nothing_edit_reembeds_one_delete_removes_one(ray_session, tmp_path: Path) -> None:
+def test_unchanged_costs_nothing_edit_reembeds_one_delete_removes_one(ray_session, tmp_path: Path, capsys) -> None:
     corpus = {doc: topics[doc] for doc in DOCS}
     _write_corpus(tmp_path / "src", corpus)
     config = str(_config(tmp_path, str(tmp_path / "src")))
@@ -81,6 +81,14 @@ def test_unchanged_costs_nothing_edit_reembeds_one_delete_removes_one(ray_sessio
     assert summary["counts"]["dead_lettered_by_reason"] == {"missing_text": len(DOCS)}
     assert _rows(tmp_path).equals(first), "dead-lettered documents keep their rows"
 
+    # The setting put right, the unchanged file is read again (it has dead letters) and its letters are cleared:
+    # the dead-letter table shows what is broken now. Its documents are unchanged: no forward pass.
+    assert index_job.main(["--config", config]) == 0
+    counts = _last_summary(tmp_path)["counts"]
+    assert (counts["docs_read"], counts["docs_skipped_unchanged"], counts["forward_passes"]) == (6, 6, 0)
+    assert read_dead_letters(str(tmp_path / "db"), "chunks").num_rows == 0
+    capsys.readouterr()
+
     corpus["assert"] = topics["assert"] + "\n\nAn added closing sentence changes this document."
     del corpus["pass"]
     _write_corpus(tmp_path / "src", corpus)
@@ -89,6 +97,7 @@ def test_unchanged_costs_nothing_edit_reembeds_one_delete_removes_one(ray_sessio
     counts = summary["counts"]
     assert summary["source"]["objects_skipped_unchanged"] == 0
     assert (counts["docs_written"], counts["docs_skipped_unchanged"], counts["docs_deleted"]) == (1, 4, 1)
+    assert "index: removed 1 document gone from the source (sink.delete_missing)" in capsys.readouterr().err
     assert counts["forward_passes"] > 0
     after = _rows(tmp_path)
     assert set(after[schema.DOC_ID].to_pylist()) == set(corpus)
@@ -372,3 +381,22 @@ def test_maintain_can_run_after_each_job(ray_session, tmp_path: Path) -> None:
     summary = _last_summary(tmp_path)
     assert any(action.startswith("no vector index yet:") for action in summary["maintain"]["actions"]), "said why"
     assert not (tmp_path / "db" / "chunks.lateline-lock").exists()
+
+
+def test_a_backfill_outside_source_uri_warns_that_an_index_removes_it(ray_session, tmp_path: Path, capsys) -> None:
+    from jobs import backfill as backfill_job
+
+    _write_corpus(tmp_path / "src", {"lambda": topics["lambda"]})
+    _write_corpus(tmp_path / "extra", {"pass": topics["pass"]})
+    config = str(_config(tmp_path, str(tmp_path / "src")))
+    assert index_job.main(["--config", config]) == 0
+    capsys.readouterr()
+    assert backfill_job.main(["--config", config, str(tmp_path / "extra" / "docs.jsonl")]) == 0
+    err = capsys.readouterr().err
+    assert "warning: this backfill reads 1 object outside source.uri" in err
+    assert "the next `lateline index` removes their documents (sink.delete_missing)" in err
+    assert set(_rows(tmp_path)[schema.DOC_ID].to_pylist()) == {"lambda", "pass"}
+
+    assert index_job.main(["--config", config]) == 0
+    assert "index: removed 1 document gone from the source (sink.delete_missing)" in capsys.readouterr().err
+    assert set(_rows(tmp_path)[schema.DOC_ID].to_pylist()) == {"lambda"}

@@ -108,3 +108,11 @@ def test_a_tables_recorded_options_are_not_checked_again_and_a_refused_record_sh
     message = str(raised.value)
     assert message.startswith("sink.table: the table 't' records settings this version of lateline refuses (")
     assert "size" in message and "SECRETVALUE" not in message
+
+
+def test_a_misspelt_key_inside_client_kwargs_is_named() -> None:
+    options = {"client_kwargs": {"endpoint_ur": "http://x", "region_name": "eu"}}
+    message = _error({"source": {**SOURCE, "storage_options": options}})
+    assert "unknown client_kwargs key 'endpoint_ur' (did you mean 'endpoint_url'?)" in message
+    good = {"client_kwargs": {"endpoint_url": "http://x", "region_name": "eu", "verify": False}}
+    assert parse_config({"source": {**SOURCE, "storage_options": good}}).source.storage_options == good
