@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 CONFIG ?= configs/local.yaml
 
-.PHONY: setup run search test test-all lint clean
+.PHONY: setup run search test test-all test-slow lint clean
 
 setup: $(VENV)/.installed
 
@@ -27,6 +27,9 @@ test: setup
 
 test-all: setup
 	$(PY) -m pytest -m "slow or not slow"
+
+test-slow: setup
+	$(PY) -m pytest -m slow
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -3,7 +3,8 @@ S3 (moto on loopback); then a worker node killed mid-job.
 
 Each node is a ``ray start --block`` process in its own process group with its own ports and temp directory, so
 the cluster never meets the session's in-process Ray (``ray_session``) and is torn down by process group without
-touching any other Ray on the machine. The kill test is marked slow (``make test-all``).
+touching any other Ray on the machine. The kill and stop tests are marked slow (``make test-all``; CI runs them
+after the default suite).
 """
 
 from __future__ import annotations
@@ -272,6 +273,7 @@ def _kill_worker_after_first_commit(cluster: LoopbackCluster, job_id: str, db: P
     cluster.add_worker("worker-2", num_cpus=1)
 
 
+@pytest.mark.slow  # about a minute; the SIGTERM handling itself is in the default run (test_cli)
 def test_ray_job_stop_ends_the_job_interrupted_with_its_summary_and_the_same_job_again_resumes(
     cluster: LoopbackCluster, clean_run: dict, s3_corpus: str, tmp_path: Path
 ) -> None:
