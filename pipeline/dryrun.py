@@ -29,11 +29,11 @@ from pipeline import schema
 from pipeline.config import JobConfig
 from pipeline.fingerprint import embedding_settings, settings_digest
 from pipeline.known import KnownDocuments, read_known_documents
-from pipeline.lock import fsspec_options
 from pipeline.manifest import ObjectManifest
 from pipeline.model import ModelIdentity, describe_model, raw_tokenizer
 from pipeline.sink import check_compatible, open_table, read_table_record
 from pipeline.sources import fingerprinted, list_source_objects, objects_table, read_object
+from pipeline.storage_options import as_s3fs_options
 
 SAMPLE_OBJECTS = 5
 SAMPLE_DOCS = 200
@@ -139,7 +139,7 @@ def _count(doc: dict[str, Any], totals: dict[str, Any], backend: Any, text: str 
 def _known_documents(config: JobConfig, identity: ModelIdentity, settings: dict) -> KnownDocuments:
     """The table's documents, empty for a new table or an overwrite. Raises ``TableMismatch``, as the run
     would, when the table holds another model's vectors or was built with other settings."""
-    fs, path = url_to_fs(config.sink.uri, **fsspec_options(config.sink.storage_options))
+    fs, path = url_to_fs(config.sink.uri, **as_s3fs_options(config.sink.storage_options))
     if not fs.exists(path):  # connecting would create the directory, and a dry run writes nothing
         return KnownDocuments()
     table = open_table(config.sink.uri, config.sink.table, config.sink.storage_options)

@@ -31,7 +31,7 @@ class TableLocked(RuntimeError):
 
 class TableLock:
     def __init__(self, uri: str, table: str, run_id: str, storage_options: dict[str, Any] | None = None) -> None:
-        self.fs, root = url_to_fs(uri, **fsspec_options(storage_options or {}))
+        self.fs, root = url_to_fs(uri, **as_s3fs_options(storage_options or {}))
         self.path = f"{root.rstrip('/')}/{table}.lateline-lock"
         self.display = f"{uri.rstrip('/')}/{table}.lateline-lock"
         self.owner = {
@@ -111,12 +111,6 @@ class TableLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
-
-
-def fsspec_options(storage_options: dict[str, Any]) -> dict[str, Any]:
-    """The sink's LanceDB ``storage_options`` as fsspec/s3fs arguments, so the lock file lives where the
-    table does with the same credentials and endpoint (see :func:`pipeline.storage_options.as_s3fs_options`)."""
-    return as_s3fs_options(storage_options)
 
 
 def process_start(pid: int) -> str | None:

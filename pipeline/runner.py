@@ -520,12 +520,15 @@ def stream_into_sink(
             ray.kill(stats)  # the actor lives as long as the driver otherwise (eval and tests run many jobs)
 
 
-def _report_quietly(report: Callable[[dict[str, float]], None], counters: dict[str, float]) -> None:
-    """Hand the final counters to ``report`` without hiding an error that may be propagating."""
+def _report_quietly(report: Callable[[dict[str, float]], None], counters: dict[str, float]) -> bool:
+    """Hand ``counters`` to ``report``; ``False``, said, when that failed: a report never stops the run and
+    never hides an error that may be propagating."""
     try:
         report(counters)
     except Exception as exc:
         log(f"warning: the running summary could not be written ({type(exc).__name__}: {exc})")
+        return False
+    return True
 
 
 def outputs_as_they_come(dataset: Any) -> Iterator[Any]:
@@ -552,12 +555,8 @@ def _heartbeat(
     while not stop.wait(tally.every):
         counters = _poll(ray, stats, tally)
         tally.print_progress(sink.stats["docs_written"], counters, streaming=True)
-        if report is not None:
-            try:
-                report(counters)
-            except Exception as exc:
-                log(f"warning: the running summary could not be written ({type(exc).__name__}: {exc})")
-                report = None
+        if report is not None and not _report_quietly(report, counters):
+            report = None  # said once, not tried again
 
 
 def _manifest_rows(run_id: str, objects: list[SourceObject], digest: str, tally: Tally) -> list[dict[str, Any]]:

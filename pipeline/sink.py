@@ -35,8 +35,8 @@ from pipeline import schema
 from pipeline.config import ConfigError, SinkConfig, redacted
 from pipeline.docids import DocIdSet
 from pipeline.known import KnownDocuments, read_known_documents
-from pipeline.lock import fsspec_options
 from pipeline.model import ModelIdentity
+from pipeline.storage_options import as_s3fs_options
 
 DELETE_BATCH = 500
 DUPLICATE_SNIPPET_CHARS = 200
@@ -313,7 +313,7 @@ class StagedOverwrite:
             raise RuntimeError(
                 f"table at {self.uri} is at version {version}, not {self.read_version}: staged files kept"
             )
-        fs, root = url_to_fs(self.uri, **fsspec_options(self.storage_options or {}))
+        fs, root = url_to_fs(self.uri, **as_s3fs_options(self.storage_options or {}))
         paths = [f"{root.rstrip('/')}/data/{file.path}" for fragment in self.fragments for file in fragment.files]
         if paths:
             fs.rm(paths)

@@ -12,7 +12,7 @@ import torch
 
 from pipeline import schema, stages
 from pipeline.config import ChunkingConfig, ModelConfig
-from pipeline.lock import fsspec_options
+from pipeline.storage_options import as_s3fs_options
 from tests.unit.test_out_of_memory import _chunked_documents, _stage
 
 
@@ -61,7 +61,7 @@ def test_a_document_the_tokenizer_fails_on_is_dead_lettered_alone(monkeypatch: p
 
 
 def test_lancedb_storage_options_become_s3fs_arguments() -> None:
-    options = fsspec_options(
+    options = as_s3fs_options(
         {
             "aws_access_key_id": "AK",
             "aws_secret_access_key": "SK",
@@ -75,7 +75,7 @@ def test_lancedb_storage_options_become_s3fs_arguments() -> None:
         "secret": "SK",
         "client_kwargs": {"endpoint_url": "http://127.0.0.1:9000", "region_name": "eu-west-1"},
     }
-    assert fsspec_options({}) == {}
+    assert as_s3fs_options({}) == {}
 
 
 def test_tokenizing_workers_rebuild_the_drivers_tokenizer_without_torch(tmp_path) -> None:
