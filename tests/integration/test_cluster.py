@@ -3,8 +3,8 @@ S3 (moto on loopback); then a worker node killed mid-job.
 
 Each node is a ``ray start --block`` process in its own process group with its own ports and temp directory, so
 the cluster never meets the session's in-process Ray (``ray_session``) and is torn down by process group without
-touching any other Ray on the machine. The kill and stop tests are marked slow (``make test-all``; CI runs them
-after the default suite).
+touching any other Ray on the machine. All are marked slow (``make test-slow``; CI runs them after the default
+suite): about 4 minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -31,7 +31,9 @@ import yaml
 
 from pipeline import schema
 
-pytestmark = pytest.mark.integration
+# The whole module is slow (a cluster start, then a job per test): `make test-slow`, which CI runs after the
+# default suite.
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 # Long and short documents: long ones take several macro windows, so the job makes several commits.
@@ -273,7 +275,6 @@ def _kill_worker_after_first_commit(cluster: LoopbackCluster, job_id: str, db: P
     cluster.add_worker("worker-2", num_cpus=1)
 
 
-@pytest.mark.slow  # about a minute; the SIGTERM handling itself is in the default run (test_cli)
 def test_ray_job_stop_ends_the_job_interrupted_with_its_summary_and_the_same_job_again_resumes(
     cluster: LoopbackCluster, clean_run: dict, s3_corpus: str, tmp_path: Path
 ) -> None:
@@ -300,7 +301,6 @@ def test_ray_job_stop_ends_the_job_interrupted_with_its_summary_and_the_same_job
     assert table[schema.CHUNK_ID].to_pylist() == clean_run["table"][schema.CHUNK_ID].to_pylist()
 
 
-@pytest.mark.slow  # about a minute on 2 cores, on top of the cluster start and the clean run it compares with
 def test_worker_node_killed_mid_job_still_ends_with_a_correct_table(
     cluster: LoopbackCluster, clean_run: dict, s3_corpus: str, tmp_path: Path
 ) -> None:
