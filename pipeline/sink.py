@@ -36,7 +36,7 @@ from pipeline.config import ConfigError, SinkConfig, redacted
 from pipeline.docids import DocIdSet
 from pipeline.known import KnownDocuments, read_known_documents
 from pipeline.model import ModelIdentity
-from pipeline.storage_options import as_s3fs_options
+from pipeline.storage_options import NO_CREDENTIALS_HINT, as_s3fs_options
 
 DELETE_BATCH = 500
 DUPLICATE_SNIPPET_CHARS = 200
@@ -199,8 +199,7 @@ STORE_FAILURES = (
     ("BadScheme", "an http:// endpoint needs allow_http: 'true' in the storage options (or AWS_ALLOW_HTTP=true)"),
     (
         "Failed to get AWS credentials",
-        "no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or run with an "
-        "instance or pod identity (or give aws_access_key_id and aws_secret_access_key in the storage options)",
+        f"{NO_CREDENTIALS_HINT} (or give aws_access_key_id and aws_secret_access_key in the storage options)",
     ),
     (
         "Failed to resolve region",

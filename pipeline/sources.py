@@ -28,6 +28,7 @@ from pipeline import schema
 from pipeline.config import SourceConfig
 from pipeline.fingerprint import document_fingerprint
 from pipeline.known import KnownDocuments
+from pipeline.storage_options import NO_CREDENTIALS_HINT
 
 log = logging.getLogger(__name__)
 _GLOB_CHARS = ("*", "?", "[")
@@ -235,10 +236,6 @@ _PERMANENT_BOTOCORE = {
     "ParamValidationError",
     "InvalidConfigError",
 }
-NO_CREDENTIALS_HINT = (
-    "no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or run with an "
-    "instance or pod identity"
-)
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -26,6 +26,12 @@ import inspect
 from functools import cache
 from typing import Any
 
+# Said by the source (s3fs) and the sink (LanceDB) alike when the AWS credential chain finds nothing.
+NO_CREDENTIALS_HINT = (
+    "no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or run with an "
+    "instance or pod identity"
+)
+
 # LanceDB (object_store) keys, lower case -> the s3fs argument for the same setting (``client_kwargs.x``: a key
 # of s3fs's ``client_kwargs``). The one table both for naming s3fs's key in an error and for opening the sink's
 # location with fsspec (the lock file, staged files), so the two never disagree.
