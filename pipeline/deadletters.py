@@ -4,10 +4,14 @@ One row per failed record: ``run_id``, ``recorded_at`` (UTC), ``source_uri``, ``
 ``reason`` (a code such as ``invalid_json``), ``detail`` (where: ``line 12: ...``; what went wrong) and
 ``snippet`` (the start of the raw record). A run replaces the entries of every object it read, so the table
 always shows what is broken *now*; ``lateline deadletter replay`` re-reads the objects listed there.
+
+An unchanged object whose letters all have a :data:`SETTLED_REASONS` reason and come from the run its manifest
+entry names is not read again (:mod:`pipeline.manifest`): read again, it would get the same letters.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -29,6 +33,37 @@ DEAD_LETTERS = pa.schema(
         pa.field("snippet", pa.string()),
     ]
 )
+
+
+# Reasons decided by an object's bytes and the settings alone (the settings are in the manifest's key): an
+# unchanged object read again under the same settings gets the same letters. The others may pass on another
+# read (a store, tokenizer or model failure) or depend on other objects (``duplicate_doc_id``), so an object
+# with one of them is read again by every run.
+SETTLED_REASONS = frozenset(
+    {
+        "invalid_json",
+        "invalid_utf8",
+        "missing_id",
+        "missing_text",
+        "non_string_text",
+        "empty_text",
+        "too_large",
+        "no_tokens",
+    }
+)
+
+
+@dataclass(frozen=True)
+class ObjectLetters:
+    """The dead letters one object has in the table: how many, from which runs, for which reasons."""
+
+    count: int
+    run_ids: frozenset[str]
+    reasons: frozenset[str]
+
+    def settled_by(self, run_id: str | None) -> bool:
+        """Whether these letters are all from run ``run_id`` and would come back the same from a new read."""
+        return self.run_ids == {run_id} and self.reasons <= SETTLED_REASONS
 
 
 def dead_letter_table_name(table: str) -> str:
@@ -72,12 +107,9 @@ class DeadLetterLog:
         self.written += data.num_rows
         self.pending = []
 
-    def objects(self) -> set[str]:
-        """The source URIs that have dead letters in the table (written by any run)."""
-        if self.name not in table_names(self.db):
-            return set()
-        uris = self.db.open_table(self.name).search().select([schema.SOURCE_URI]).limit(None).to_arrow()
-        return {uri for uri in uris[schema.SOURCE_URI].to_pylist() if uri}
+    def by_object(self) -> dict[str, ObjectLetters]:
+        """The letters in the table (written by any run), by source URI."""
+        return _letters_by_object(self.db, self.name)
 
     def replace_for(self, source_uris: list[str]) -> None:
         """Flush, then drop entries of earlier runs for the objects this run read."""
@@ -113,6 +145,25 @@ def carry_dead_letters(
     delete_in(table, schema.SOURCE_URI, sorted({u for u in letters[schema.SOURCE_URI].to_pylist() if u}))
     table.add(letters)
     return letters.num_rows
+
+
+def letters_by_object(uri: str, table: str, storage_options: dict[str, Any] | None = None) -> dict[str, ObjectLetters]:
+    """The dead letters ``table`` has, by source URI (connects: the database must exist)."""
+    return _letters_by_object(connect(uri, storage_options), dead_letter_table_name(table))
+
+
+def _letters_by_object(db: Any, name: str) -> dict[str, ObjectLetters]:
+    if name not in table_names(db):
+        return {}
+    columns = [schema.SOURCE_URI, "run_id", "reason"]
+    found: dict[str, list[dict[str, Any]]] = {}
+    for row in db.open_table(name).search().select(columns).limit(None).to_arrow().to_pylist():
+        if row[schema.SOURCE_URI]:
+            found.setdefault(row[schema.SOURCE_URI], []).append(row)
+    return {
+        uri: ObjectLetters(len(rows), frozenset(r["run_id"] for r in rows), frozenset(r["reason"] for r in rows))
+        for uri, rows in found.items()
+    }
 
 
 def read_dead_letters(uri: str, table: str, storage_options: dict[str, Any] | None = None) -> pa.Table:

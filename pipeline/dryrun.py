@@ -27,6 +27,7 @@ from fsspec.core import url_to_fs
 
 from pipeline import schema
 from pipeline.config import JobConfig
+from pipeline.deadletters import letters_by_object
 from pipeline.fingerprint import embedding_settings, settings_digest
 from pipeline.known import KnownDocuments, read_known_documents
 from pipeline.manifest import ObjectManifest
@@ -58,7 +59,8 @@ def dry_run(config: JobConfig) -> dict[str, Any]:
     docs, tokens = sample["docs"] * scale, sample["tokens"] * scale
     to_embed = sample["changed_tokens"] * scale
     manifest = ObjectManifest(config.sink.uri, config.sink.table, config.sink.storage_options)
-    reads = len(objects) - len(manifest.unchanged(objects, digest, config.source, known))
+    letters = letters_by_object(config.sink.uri, config.sink.table, config.sink.storage_options) if known else {}
+    reads = len(objects) - len(manifest.unchanged(objects, digest, config.source, known, letters))
     throughput, fixed_s, basis = _throughput(config, settings, sample["texts"])
     return {
         "source": config.source.uri,

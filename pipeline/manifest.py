@@ -3,12 +3,14 @@
 Table ``<table>__objects``: ``source_uri``, ``etag`` (ETag or mtime, as the store lists it), ``size``,
 ``settings_digest`` (:func:`object_digest`: the embedding settings and the settings that decide what documents
 an object yields) and ``doc_count`` (documents of that object in the table), ``run_id``. An object is
-recorded only after a complete run read it without a dead letter. It is skipped when its listing shows the
-same etag and size, the settings are the same, and the table still holds ``doc_count`` documents from it, so
-a table edited by hand, a new model/chunker, or another ``source.text_field``, ``id_field``,
-``metadata_fields`` or ``max_doc_chars`` sends it back through the pipeline. A complete ``index`` run
-forgets the objects its listing no longer has, as it deletes their documents. A store that lists no
-etag/mtime gets no skipping (the per-document fingerprint still saves the tokenizing and the forward).
+recorded after a complete run read it, unless it got a dead letter that another read might not give (see
+:data:`pipeline.deadletters.SETTLED_REASONS`: a store or model failure, a duplicate id). It is skipped when its
+listing shows the same etag and size, the settings are the same, the table still holds ``doc_count`` documents
+from it and its dead letters (if any) are still those of the run that recorded it, so a table edited by hand,
+a new model/chunker, or another ``source.text_field``, ``id_field``, ``metadata_fields`` or ``max_doc_chars``
+sends it back through the pipeline, and a broken record in an unchanged object costs nothing on later runs.
+A complete ``index`` run forgets the objects its listing no longer has, as it deletes their documents. A store
+that lists no etag/mtime gets no skipping (the per-document fingerprint still saves the tokenizing and the forward).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
+from collections.abc import Mapping
 from functools import cached_property
 from typing import Any
 
@@ -23,6 +26,7 @@ import pyarrow as pa
 
 from pipeline import schema
 from pipeline.config import SourceConfig
+from pipeline.deadletters import ObjectLetters
 from pipeline.known import KnownDocuments
 from pipeline.sink import connect, delete_in, table_names
 from pipeline.sources import SourceObject
@@ -82,14 +86,20 @@ class ObjectManifest:
         return before - table.count_rows()
 
     def unchanged(
-        self, objects: list[SourceObject], settings_digest: str, source: SourceConfig, known: KnownDocuments
+        self,
+        objects: list[SourceObject],
+        settings_digest: str,
+        source: SourceConfig,
+        known: KnownDocuments,
+        letters: Mapping[str, ObjectLetters],
     ) -> set[str]:
-        """Paths of ``objects`` a run need not read (see the module doc for the rule); none when the table
-        holds no documents (``known`` is empty: a new table, or an overwrite, which reads everything)."""
+        """Paths of ``objects`` a run need not read (see the module doc for the rule; ``letters``: the dead
+        letters in the table by object); none when the table holds no documents (``known`` is empty: a new
+        table, or an overwrite, which reads everything)."""
         if not known:
             return set()
         key = object_digest(settings_digest, source)
-        return unchanged_objects(objects, self.load(), key, known.docs_per_object())
+        return unchanged_objects(objects, self.load(), key, known.docs_per_object(), letters)
 
     def clear(self) -> None:
         if self.name in table_names(self.db):
@@ -109,16 +119,22 @@ def object_digest(settings_digest: str, source: SourceConfig) -> str:
 
 
 def unchanged_objects(
-    objects: list[SourceObject], manifest: dict[str, dict[str, Any]], digest: str, docs_by_object: Counter
+    objects: list[SourceObject],
+    manifest: dict[str, dict[str, Any]],
+    digest: str,
+    docs_by_object: Counter,
+    letters: Mapping[str, ObjectLetters] | None = None,
 ) -> set[str]:
     """Paths of ``objects`` that need no reading (see the module doc for the rule)."""
-    unchanged = set()
+    unchanged, letters = set(), letters or {}
     for obj in objects:
         seen = manifest.get(obj.path)
         if seen is None or obj.etag is None:
             continue
         same_object = seen["etag"] == obj.etag and seen["size"] == obj.size
         same_rows = seen["settings_digest"] == digest and seen["doc_count"] == docs_by_object[obj.path]
-        if same_object and same_rows:
+        # Letters another run wrote (a wrong setting since put right, a failed read) must be replaced by a read.
+        same_letters = obj.path not in letters or letters[obj.path].settled_by(seen["run_id"])
+        if same_object and same_rows and same_letters:
             unchanged.add(obj.path)
     return unchanged

@@ -49,7 +49,7 @@ import pyarrow.compute
 from pipeline import schema
 from pipeline.allocator import allocator_environment, bundled_jemalloc, environment
 from pipeline.config import ConfigError, JobConfig, RuntimeConfig, redacted
-from pipeline.deadletters import DeadLetterLog
+from pipeline.deadletters import SETTLED_REASONS, DeadLetterLog
 from pipeline.docids import DocIdSet, batched
 from pipeline.fingerprint import embedding_settings, settings_digest
 from pipeline.interrupts import keeping_sigterm_handler
@@ -100,6 +100,8 @@ class Tally:
     dead_doc_ids: set[str] = field(default_factory=set)
     unreadable_objects: set[str] = field(default_factory=set)
     dead_objects: set[str] = field(default_factory=set)
+    unsettled_objects: set[str] = field(default_factory=set)  # with a letter not in SETTLED_REASONS
+    dead_letters_kept: int = 0  # letters of the objects skipped as unchanged: they stay in the table
     docs_by_object: Counter = field(default_factory=Counter)
     objects_skipped: int = 0
     examples: list[dict[str, Any]] = field(default_factory=list)
@@ -179,6 +181,8 @@ class Tally:
                 continue
             dead.append(row)
             self.dead_objects.add(row[schema.SOURCE_URI])
+            if row[schema.ERROR] not in SETTLED_REASONS:
+                self.unsettled_objects.add(row[schema.SOURCE_URI])
             self.dead_lettered[row[schema.ERROR]] += 1
             if row.get(schema.DOC_ID):
                 self.dead_doc_ids.add(row[schema.DOC_ID])
@@ -337,16 +341,19 @@ def _execute(context: RunContext, sink: LanceSink, dead_letters: DeadLetterLog) 
     manifest = ObjectManifest(config.sink.uri, config.sink.table, config.sink.storage_options)
     if config.sink.mode == "overwrite":  # the old table's record goes just before the new table replaces it
         sink.before_publish = manifest.clear
-    # A replay re-reads the objects it is given on purpose. An object with dead letters is read again whatever
-    # the manifest says, so that its letters are replaced: a run with a wrong setting (say source.text_field)
-    # dead-letters objects the manifest still holds from the run before it, and the corrected run must clear them.
-    skip = set() if context.job == "replay" else manifest.unchanged(context.objects, digest, config.source, known)
-    skip -= dead_letters.objects() if skip else set()
+    # A replay re-reads the objects it is given on purpose. The manifest skips an object with dead letters only
+    # when a new read would give the same ones: a run with a wrong setting (say source.text_field) dead-letters
+    # objects the manifest may still hold from the run before it, and the corrected run must clear them.
+    letters = dead_letters.by_object()
+    skip = (
+        set() if context.job == "replay" else manifest.unchanged(context.objects, digest, config.source, known, letters)
+    )
     to_read = [obj for obj in context.objects if obj.path not in skip]
     # A --limit run stops early: it has no share of the source to show.
     sizes = {obj.path: obj.size for obj in to_read} if context.limit is None else {}
     tally = Tally(context.job, config.runtime.progress_seconds, started, objects_skipped=len(skip), sizes=sizes)
     tally.unchanged.update(known.in_objects(skip))
+    tally.dead_letters_kept = sum(letters[path].count for path in skip if path in letters)
     sink.keep_documents(_kept_documents(context, known, to_read, tally))
     log(
         f"{context.job}: {_plural(len(context.objects), config.source.format + ' object')} from {context.origin} "
@@ -354,6 +361,11 @@ def _execute(context: RunContext, sink: LanceSink, dead_letters: DeadLetterLog) 
         f"({_table_now(sink, known)}) with {context.identity.label} ({config.embedding.mode} mode)"
     )
 
+    if tally.dead_letters_kept:
+        log(
+            f"{context.job}: unchanged objects not read again keep their "
+            f"{_plural(tally.dead_letters_kept, 'dead letter')} in the table (`lateline deadletter list`)"
+        )
     if context.job == "backfill" and context.origin != config.source.uri and config.sink.delete_missing:
         warn_outside_source(config, context.objects)
 
@@ -375,7 +387,7 @@ def _execute(context: RunContext, sink: LanceSink, dead_letters: DeadLetterLog) 
         if _removes_missing(context):
             listed = {obj.path for obj in context.objects}
             outcome["objects_removed"] = manifest.forget(sorted(set(manifest.load()) - listed))
-            dead_letters.replace_for(sorted(dead_letters.objects() - listed))  # what is broken now, not then
+            dead_letters.replace_for(sorted(set(dead_letters.by_object()) - listed))  # what is broken now, not then
 
     return execute_job(context, sink, dead_letters, tally, build if to_read else None, finish, started_at)
 
@@ -560,7 +572,8 @@ def _heartbeat(
 
 
 def _manifest_rows(run_id: str, objects: list[SourceObject], digest: str, tally: Tally) -> list[dict[str, Any]]:
-    """Objects read completely and without a dead letter, with the number of documents they hold."""
+    """Objects read completely, with the number of documents they hold, but not those with a dead letter that
+    another read might not give (see :data:`pipeline.deadletters.SETTLED_REASONS`)."""
     return [
         {
             "source_uri": obj.path,
@@ -571,7 +584,7 @@ def _manifest_rows(run_id: str, objects: list[SourceObject], digest: str, tally:
             "run_id": run_id,
         }
         for obj in objects
-        if obj.etag is not None and obj.path not in tally.dead_objects
+        if obj.etag is not None and obj.path not in tally.unsettled_objects
     ]
 
 
@@ -810,6 +823,7 @@ def run_summary(
             "format": config.source.format,
             "objects": len(context.objects),
             "objects_skipped_unchanged": tally.objects_skipped,
+            "dead_letters_kept": tally.dead_letters_kept,
             "objects_removed": outcome["objects_removed"],
             "limit": context.limit,
         },

@@ -81,8 +81,9 @@ def test_unchanged_costs_nothing_edit_reembeds_one_delete_removes_one(ray_sessio
     assert summary["counts"]["dead_lettered_by_reason"] == {"missing_text": len(DOCS)}
     assert _rows(tmp_path).equals(first), "dead-lettered documents keep their rows"
 
-    # The setting put right, the unchanged file is read again (it has dead letters) and its letters are cleared:
-    # the dead-letter table shows what is broken now. Its documents are unchanged: no forward pass.
+    # The setting put right, the unchanged file is read again (its manifest entry is the wrong run's) and its
+    # letters are cleared: the dead-letter table shows what is broken now. Its documents are unchanged: no
+    # forward pass.
     assert index_job.main(["--config", config]) == 0
     counts = _last_summary(tmp_path)["counts"]
     assert (counts["docs_read"], counts["docs_skipped_unchanged"], counts["forward_passes"]) == (6, 6, 0)
@@ -141,7 +142,9 @@ def test_an_overwrite_replaces_the_table_in_one_commit_and_never_with_nothing(
     assert [record["run_id"] for record in manifest.load().values()] == [summary["run_id"]]
 
 
-def test_an_object_removed_from_the_source_leaves_no_rows_and_no_manifest_entry(ray_session, tmp_path: Path) -> None:
+def test_an_object_removed_from_the_source_leaves_no_rows_and_no_manifest_entry(
+    ray_session, tmp_path: Path, capsys
+) -> None:
     from pipeline.manifest import ObjectManifest
 
     source = tmp_path / "src"
@@ -151,7 +154,8 @@ def test_an_object_removed_from_the_source_leaves_no_rows_and_no_manifest_entry(
     config = str(_config(tmp_path, str(source)))
     assert index_job.main(["--config", config]) == 0
     manifest = ObjectManifest(str(tmp_path / "db"), "chunks")
-    assert sorted(Path(uri).parent.name for uri in manifest.load()) == ["drop", "keep"]  # broken: a dead letter
+    # broken's letter (invalid JSON) would come back from every read of it as it is: it is recorded too.
+    assert sorted(Path(uri).parent.name for uri in manifest.load()) == ["broken", "drop", "keep"]
 
     def dead_letter_objects() -> list[str]:
         return sorted(
@@ -162,6 +166,14 @@ def test_an_object_removed_from_the_source_leaves_no_rows_and_no_manifest_entry(
         )
 
     assert dead_letter_objects() == ["broken"]
+    # Nothing changed: a broken record costs nothing either; its letter stays, and the run says so.
+    capsys.readouterr()
+    assert index_job.main(["--config", config]) == 0
+    summary = _last_summary(tmp_path)
+    assert (summary["source"]["objects_skipped_unchanged"], summary["source"]["dead_letters_kept"]) == (3, 1)
+    assert (summary["counts"]["docs_read"], summary["counts"]["docs_dead_lettered"]) == (0, 0)
+    assert "unchanged objects not read again keep their 1 dead letter in the table" in capsys.readouterr().err
+    assert dead_letter_objects() == ["broken"]
 
     (source / "drop" / "docs.jsonl").unlink()
     (source / "broken" / "docs.jsonl").unlink()
@@ -170,12 +182,12 @@ def test_an_object_removed_from_the_source_leaves_no_rows_and_no_manifest_entry(
     (tmp_path / "keep-missing.yaml").write_text(yaml.safe_dump(keep_missing))
     assert index_job.main(["--config", str(tmp_path / "keep-missing.yaml")]) == 0
     assert _last_summary(tmp_path)["source"]["objects_removed"] == 0
-    assert sorted(Path(uri).parent.name for uri in manifest.load()) == ["drop", "keep"], "delete_missing: false"
+    assert sorted(Path(uri).parent.name for uri in manifest.load()) == ["broken", "drop", "keep"], "delete_missing"
     assert dead_letter_objects() == ["broken"]
 
     assert index_job.main(["--config", config]) == 0
     summary = _last_summary(tmp_path)
-    assert summary["source"]["objects_removed"] == 1  # broken never had an entry
+    assert summary["source"]["objects_removed"] == 2
     assert summary["counts"]["docs_deleted"] == 2
     assert summary["table"]["rows"] == _rows(tmp_path).num_rows, "the table as it is after the deletions"
     assert [Path(uri).parent.name for uri in manifest.load()] == ["keep"]

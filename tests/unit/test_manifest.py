@@ -6,10 +6,11 @@ from collections import Counter
 
 from pipeline import sink as sink_module
 from pipeline.config import SourceConfig
+from pipeline.deadletters import SETTLED_REASONS, ObjectLetters
 from pipeline.manifest import ObjectManifest, object_digest, unchanged_objects
 from pipeline.sources import SourceObject
 
-SEEN = {"s3://b/a.jsonl": {"etag": "e1", "size": 10, "settings_digest": "d", "doc_count": 3}}
+SEEN = {"s3://b/a.jsonl": {"etag": "e1", "size": 10, "settings_digest": "d", "doc_count": 3, "run_id": "r1"}}
 
 
 def _object(etag: str | None = "e1", size: int = 10, path: str = "s3://b/a.jsonl") -> SourceObject:
@@ -28,6 +29,21 @@ def test_anything_different_sends_the_object_through_the_pipeline() -> None:
     assert unchanged_objects([_object()], SEEN, "d", Counter({"s3://b/a.jsonl": 2})) == set(), "rows deleted by hand"
     assert unchanged_objects([_object(etag=None)], SEEN, "d", docs) == set(), "a store without etags never skips"
     assert unchanged_objects([_object(path="s3://b/new.jsonl")], SEEN, "d", docs) == set()
+
+
+def test_an_object_with_dead_letters_is_skipped_only_when_a_new_read_would_give_the_same_ones() -> None:
+    docs = Counter({"s3://b/a.jsonl": 3})
+
+    def skipped(run_ids: set[str], reasons: set[str]) -> bool:
+        letters = {"s3://b/a.jsonl": ObjectLetters(len(reasons), frozenset(run_ids), frozenset(reasons))}
+        return unchanged_objects([_object()], SEEN, "d", docs, letters) == {"s3://b/a.jsonl"}
+
+    assert skipped({"r1"}, {"invalid_json", "empty_text"}), "the recording run's letters, from the bytes"
+    assert not skipped({"r0"}, {"missing_text"}), "another run's letters (say a wrong text_field since put right)"
+    assert not skipped({"r1", "r2"}, {"invalid_json"}), "a later run (a --limit trial) added letters"
+    for reason in ("unreadable_source", "embed_failed", "out_of_memory", "tokenize_failed", "duplicate_doc_id"):
+        assert reason not in SETTLED_REASONS
+        assert not skipped({"r1"}, {reason}), f"{reason} may pass on another read"
 
 
 def test_settings_that_change_what_an_object_yields_change_its_key_and_others_do_not() -> None:
