@@ -76,24 +76,36 @@ def fail(message: str, code: str) -> int:
 
 
 def run_writing_job(job: str, work: Callable[[], dict[str, Any]]) -> int:
-    """Run a job that writes the table; print the summary's head; map failures to exit codes. SIGTERM stops it
-    like Ctrl-C (exit 143 instead of 130; see :mod:`pipeline.interrupts`)."""
+    """Run a job that writes the table; print the summary's head to stdout (also for a run that failed or was
+    stopped once it had begun: the runner attaches its summary to the error); map failures to exit codes.
+    SIGTERM stops it like Ctrl-C (exit 143 instead of 130; see :mod:`pipeline.interrupts`)."""
     try:
         with sigterm_interrupts():
             summary = work()
-    except NothingToReembed as exc:  # already done (a rerun after its promote): a success for a schedule
+    except (Exception, KeyboardInterrupt) as exc:
+        if getattr(exc, "run_summary", None) is not None:
+            print_summary_head(exc.run_summary)
+        return _failure_code(job, exc)
+    print_summary_head(summary)
+    return EXIT_CODES[summary["status"]]
+
+
+def print_summary_head(summary: dict[str, Any]) -> None:
+    print(json.dumps({key: summary.get(key) for key in SUMMARY_KEYS}, indent=2), flush=True)
+
+
+def _failure_code(job: str, exc: BaseException) -> int:
+    """Say on stderr why ``exc`` ended ``job``; its exit code."""
+    if isinstance(exc, NothingToReembed):  # already done (a rerun after its promote): a success for a schedule
         print(str(exc), file=sys.stderr)
         return EXIT_CODES["ok"]
-    except (ConfigError, SourceError, TableMismatch, ReembedError) as exc:
+    if isinstance(exc, (ConfigError, SourceError, TableMismatch, ReembedError)):
         return fail(str(exc), "config")
-    except TableLocked as exc:
+    if isinstance(exc, TableLocked):
         return fail(str(exc), "locked")
-    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (ray job stop, Kubernetes, kill): wound down alike
+    if isinstance(exc, KeyboardInterrupt):  # Ctrl-C, or SIGTERM (ray job stop, Kubernetes, kill): wound down alike
         terminated = isinstance(exc, Terminated)
         how = "stopped (SIGTERM)" if terminated else "interrupted"
         print(f"{job} {how}: what it committed stays; run the same command again to resume", file=sys.stderr)
         return EXIT_CODES["terminated" if terminated else "interrupted"]
-    except Exception as exc:
-        return fail(f"{job} failed: {type(exc).__name__}: {exc}", "failed")
-    print(json.dumps({key: summary.get(key) for key in SUMMARY_KEYS}, indent=2))
-    return EXIT_CODES[summary["status"]]
+    return fail(f"{job} failed: {type(exc).__name__}: {exc}", "failed")

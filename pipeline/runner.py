@@ -408,7 +408,7 @@ def execute_job(
     them) and flush the dead letters. A run whose every record was dead-lettered counts as over the budget.
     An ``overwrite`` over the budget is not published and ``finish`` is skipped: the table stays as it was.
     The summary (its ``source`` section replaced by ``summary_source`` when given) is written whatever
-    happens; an error propagates after it, recorded in it."""
+    happens; an error propagates after it, recorded in it and attached to it as ``run_summary``."""
     outcome: dict[str, Any] = {
         "status": "failed",
         "error": None,
@@ -417,6 +417,7 @@ def execute_job(
         "objects_removed": 0,
     }
     actors, counters = None, {}
+    failure: BaseException | None = None
 
     def report_running(reported_actors: ActorPlan | None, reported_counters: dict[str, float]) -> None:
         nonlocal actors, counters  # the latest, for the final summary: a run that fails or is stopped has no others
@@ -452,6 +453,7 @@ def execute_job(
         dead_letters.flush()
         outcome["status"] = status
     except BaseException as exc:
+        failure = exc
         outcome["error"] = f"{type(exc).__name__}: {exc}".rstrip(": ")
         if isinstance(exc, KeyboardInterrupt):
             outcome["status"] = "interrupted"
@@ -467,6 +469,8 @@ def execute_job(
             summary["source"] = summary_source
         summary["summary_path"] = str(write_summary(context.config, context.run_id, summary))
         log(f"{context.job}: {summary['status']}; run summary at {summary['summary_path']}")
+        if failure is not None:  # for the job's entry point, which prints the head of every run's summary
+            failure.run_summary = summary
     return summary
 
 

@@ -178,6 +178,7 @@ def test_ctrl_c_or_sigterm_ends_a_run_as_interrupted_with_its_commits_counted_an
     process = subprocess.Popen(
         [exe, "index", "--config", config],
         cwd=REPO,
+        stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
@@ -189,7 +190,7 @@ def test_ctrl_c_or_sigterm_ends_a_run_as_interrupted_with_its_commits_counted_an
             break
         time.sleep(0.2)
     process.send_signal(getattr(signal, stop))
-    _, err = process.communicate(timeout=120)
+    out, err = process.communicate(timeout=120)
     assert "index: ok; run summary" not in err, "the run ended before the signal: nothing was interrupted"
     assert process.returncode == code, err[-2000:]
     assert line + "what it committed stays; run the same command again to resume" in err
@@ -201,6 +202,8 @@ def test_ctrl_c_or_sigterm_ends_a_run_as_interrupted_with_its_commits_counted_an
     committed = summary["counts"]["docs_written"]
     assert 0 < committed < 60 and summary["table"]["commits"] > 0, "the summary counts what was committed"
     assert summary["table"]["rows"] >= summary["counts"]["rows_written"] > 0 and summary["table"]["version"]
+    head = json.loads(out)  # the head of the summary, as a finished run prints it
+    assert (head["status"], head["counts"], head["summary_path"]) == ("interrupted", summary["counts"], str(path))
 
     rerun = _lateline("index", "--config", config)
     assert rerun.returncode == 0, rerun.stderr[-2000:]

@@ -96,3 +96,25 @@ def test_a_writing_job_stopped_or_interrupted_exits_with_the_shells_code_and_say
 
     assert run_writing_job("index", work) == code
     assert line + "what it committed stays; run the same command again to resume" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("raised", "code"), [(Terminated("SIGTERM"), 143), (RuntimeError("disk full"), 1), (ValueError("bad"), 1)]
+)
+def test_a_run_that_began_prints_its_summary_head_however_it_ends(
+    raised: BaseException, code: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from jobs.common import run_writing_job
+
+    status = "interrupted" if isinstance(raised, KeyboardInterrupt) else "failed"
+    raised.run_summary = {"run_id": "r", "status": status, "counts": {"docs_written": 3}, "summary_path": "p"}
+
+    def work() -> dict:
+        raise raised
+
+    assert run_writing_job("index", work) == code
+    out, err = capsys.readouterr()
+    assert json.loads(out) == {**dict.fromkeys(("time_s", "throughput")), **raised.run_summary}
+    assert "error: index failed" in err if status == "failed" else "index stopped (SIGTERM)" in err
