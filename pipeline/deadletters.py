@@ -35,10 +35,11 @@ DEAD_LETTERS = pa.schema(
 )
 
 
-# Reasons decided by an object's bytes and the settings alone (the settings are in the manifest's key): an
-# unchanged object read again under the same settings gets the same letters. The others may pass on another
-# read (a store, tokenizer or model failure) or depend on other objects (``duplicate_doc_id``), so an object
-# with one of them is read again by every run.
+# Reasons decided by an object's bytes, the reading settings and lateline's readers alone (all three are in the
+# manifest's key: pipeline.manifest.object_digest): an unchanged object read again gets the same letters. The
+# others may pass on another read (a store or model failure), depend on the tokenizer's files (``no_tokens``,
+# ``tokenize_failed``: the model's fingerprint does not cover them) or on other objects (``duplicate_doc_id``),
+# so an object with one of them is read again by every run.
 SETTLED_REASONS = frozenset(
     {
         "invalid_json",
@@ -48,18 +49,19 @@ SETTLED_REASONS = frozenset(
         "non_string_text",
         "empty_text",
         "too_large",
-        "no_tokens",
     }
 )
 
 
 @dataclass(frozen=True)
 class ObjectLetters:
-    """The dead letters one object has in the table: how many, from which runs, for which reasons."""
+    """The dead letters one object has in the table: how many, from which runs, for which reasons, and the
+    document ids they name (a skipped object's bad documents keep the rows they had, as if it were read)."""
 
     count: int
     run_ids: frozenset[str]
     reasons: frozenset[str]
+    doc_ids: frozenset[str] = frozenset()
 
     def settled_by(self, run_id: str | None) -> bool:
         """Whether these letters are all from run ``run_id`` and would come back the same from a new read."""
@@ -155,13 +157,18 @@ def letters_by_object(uri: str, table: str, storage_options: dict[str, Any] | No
 def _letters_by_object(db: Any, name: str) -> dict[str, ObjectLetters]:
     if name not in table_names(db):
         return {}
-    columns = [schema.SOURCE_URI, "run_id", "reason"]
+    columns = [schema.SOURCE_URI, "run_id", "reason", schema.DOC_ID]
     found: dict[str, list[dict[str, Any]]] = {}
     for row in db.open_table(name).search().select(columns).limit(None).to_arrow().to_pylist():
         if row[schema.SOURCE_URI]:
             found.setdefault(row[schema.SOURCE_URI], []).append(row)
     return {
-        uri: ObjectLetters(len(rows), frozenset(r["run_id"] for r in rows), frozenset(r["reason"] for r in rows))
+        uri: ObjectLetters(
+            len(rows),
+            frozenset(r["run_id"] for r in rows),
+            frozenset(r["reason"] for r in rows),
+            frozenset(r[schema.DOC_ID] for r in rows if r[schema.DOC_ID]),
+        )
         for uri, rows in found.items()
     }
 

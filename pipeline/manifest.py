@@ -108,12 +108,15 @@ class ObjectManifest:
 
 # Source settings that change which documents, texts or metadata an unchanged object yields.
 READING_SETTINGS = ("format", "id_field", "text_field", "metadata_fields", "max_doc_chars")
+# What lateline's readers make of an object's bytes (pipeline.sources): bump it when a release reads, accepts or
+# refuses records differently, so that unchanged objects (and their dead letters) are read again once.
+READER_VERSION = "readers@v1"
 
 
 def object_digest(settings_digest: str, source: SourceConfig) -> str:
-    """What an object's manifest entry must match besides the object itself: the embedding settings' digest
-    and the :data:`READING_SETTINGS` of ``source``."""
-    reading = {name: getattr(source, name) for name in READING_SETTINGS}
+    """What an object's manifest entry must match besides the object itself: the embedding settings' digest,
+    the :data:`READING_SETTINGS` of ``source`` and :data:`READER_VERSION`."""
+    reading = {name: getattr(source, name) for name in READING_SETTINGS} | {"reader": READER_VERSION}
     key = json.dumps({"settings": settings_digest, "reading": reading}, sort_keys=True, default=list)
     return hashlib.sha256(key.encode()).hexdigest()
 

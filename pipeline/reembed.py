@@ -166,7 +166,9 @@ def carry_manifest(config: JobConfig, source: str, digest: str, dead_objects: se
     """Copy the source table's object manifest to the new table (``config.sink.table``) under the new settings
     (``digest``: their :func:`~pipeline.manifest.object_digest`),
     except objects with a dead-lettered document: the first index after a promote then skips unchanged objects
-    without downloading them, as it did before. Returns the rows copied."""
+    without downloading them, as it did before. An object with the source table's dead letters (carried with
+    their run ids by :func:`~pipeline.deadletters.carry_dead_letters`) no longer matches its entry's run id
+    here, so that index reads it once. Returns the rows copied."""
     sink = config.sink
     rows = ObjectManifest(sink.uri, source, sink.storage_options).load()
     carried = [

@@ -277,7 +277,12 @@ class RunContext:
     settings: dict
     objects: list[SourceObject]
     limit: int | None
-    origin: str = ""  # where the objects came from, for the log: source.uri, or the URIs the job was given
+    given: bool = False  # the job was given its objects (backfill URIs, replay), not source.uri's listing
+
+    @property
+    def origin(self) -> str:
+        """Where the objects came from, for the log."""
+        return "the given URIs" if self.given else self.config.source.uri
 
 
 def prepare(
@@ -294,9 +299,9 @@ def prepare(
     _, _, _, identity = describe_model(config.model, config.embedding.document_prefix)
     identity = dataclasses.replace(identity, dtype=config.sink.vector_dtype)
     settings = embedding_settings(config.chunking, config.embedding, identity)
-    origin = config.source.uri if objects is None else "the given URIs"
-    objects = list_source_objects(config.source) if objects is None else objects
-    return RunContext(config, job, run_id or new_run_id(), identity, settings, objects, limit, origin)
+    given = objects is not None
+    objects = objects if given else list_source_objects(config.source)
+    return RunContext(config, job, run_id or new_run_id(), identity, settings, objects, limit, given)
 
 
 def run_index(
@@ -353,7 +358,10 @@ def _execute(context: RunContext, sink: LanceSink, dead_letters: DeadLetterLog) 
     sizes = {obj.path: obj.size for obj in to_read} if context.limit is None else {}
     tally = Tally(context.job, config.runtime.progress_seconds, started, objects_skipped=len(skip), sizes=sizes)
     tally.unchanged.update(known.in_objects(skip))
-    tally.dead_letters_kept = sum(letters[path].count for path in skip if path in letters)
+    kept_letters = [letters[path] for path in skip if path in letters]
+    tally.dead_letters_kept = sum(kept.count for kept in kept_letters)
+    # Their bad documents keep their rows (under whatever object they came from), as when their object is read.
+    tally.dead_doc_ids.update(doc_id for kept in kept_letters for doc_id in kept.doc_ids)
     sink.keep_documents(_kept_documents(context, known, to_read, tally))
     log(
         f"{context.job}: {_plural(len(context.objects), config.source.format + ' object')} from {context.origin} "
@@ -366,7 +374,7 @@ def _execute(context: RunContext, sink: LanceSink, dead_letters: DeadLetterLog) 
             f"{context.job}: unchanged objects not read again keep their "
             f"{_plural(tally.dead_letters_kept, 'dead letter')} in the table (`lateline deadletter list`)"
         )
-    if context.job == "backfill" and context.origin != config.source.uri and config.sink.delete_missing:
+    if context.job == "backfill" and context.given and config.sink.delete_missing:
         warn_outside_source(config, context.objects)
 
     def build(actors: ActorPlan, stats: Any) -> Any:
@@ -383,7 +391,9 @@ def _execute(context: RunContext, sink: LanceSink, dead_letters: DeadLetterLog) 
             manifest.clear()
         if context.limit is None:
             dead_letters.replace_for([obj.path for obj in to_read])
-            manifest.record(_manifest_rows(context.run_id, to_read, objects_key, tally))
+            # Over the budget, objects with letters are left out: the next run reads them and fails again.
+            within_budget = outcome["judged"] == "ok"
+            manifest.record(_manifest_rows(context.run_id, to_read, objects_key, tally, within_budget))
         if _removes_missing(context):
             listed = {obj.path for obj in context.objects}
             outcome["objects_removed"] = manifest.forget(sorted(set(manifest.load()) - listed))
@@ -403,12 +413,13 @@ def execute_job(
     summary_source: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The frame every writing job shares: stream ``build``'s plan (none: nothing to read) into the sink,
-    judge the failure budget, close the sink, run the job's ``finish`` (deletions, manifest: it sets
-    ``outcome["deleted"]`` and ``outcome["objects_removed"]`` as each is done, so a later failure does not hide
-    them) and flush the dead letters. A run whose every record was dead-lettered counts as over the budget.
-    An ``overwrite`` over the budget is not published and ``finish`` is skipped: the table stays as it was.
-    The summary (its ``source`` section replaced by ``summary_source`` when given) is written whatever
-    happens; an error propagates after it, recorded in it and attached to it as ``run_summary``."""
+    judge the failure budget, close the sink, run the job's ``finish`` (deletions, manifest: it finds the
+    budget's verdict in ``outcome["judged"]`` and sets ``outcome["deleted"]`` and ``outcome["objects_removed"]``
+    as each is done, so a later failure does not hide them) and flush the dead letters. A run whose every
+    record was dead-lettered counts as over the budget. An ``overwrite`` over the budget is not published and
+    ``finish`` is skipped: the table stays as it was. The summary (its ``source`` section replaced by
+    ``summary_source`` when given) is written whatever happens; an error propagates after it, recorded in it
+    and attached to it as ``run_summary``."""
     outcome: dict[str, Any] = {
         "status": "failed",
         "error": None,
@@ -448,6 +459,7 @@ def execute_job(
             )
         else:
             outcome["written"] = sink.close()
+            outcome["judged"] = status
             finish(outcome)
             outcome["written"].update(sink.table_state())  # finish may have deleted documents: a newer version
         dead_letters.flush()
@@ -575,9 +587,13 @@ def _heartbeat(
             report = None  # said once, not tried again
 
 
-def _manifest_rows(run_id: str, objects: list[SourceObject], digest: str, tally: Tally) -> list[dict[str, Any]]:
+def _manifest_rows(
+    run_id: str, objects: list[SourceObject], digest: str, tally: Tally, with_letters: bool
+) -> list[dict[str, Any]]:
     """Objects read completely, with the number of documents they hold, but not those with a dead letter that
-    another read might not give (see :data:`pipeline.deadletters.SETTLED_REASONS`)."""
+    another read might not give (see :data:`pipeline.deadletters.SETTLED_REASONS`), nor any with a dead letter
+    unless ``with_letters``."""
+    left_out = tally.dead_objects if not with_letters else tally.unsettled_objects
     return [
         {
             "source_uri": obj.path,
@@ -588,7 +604,7 @@ def _manifest_rows(run_id: str, objects: list[SourceObject], digest: str, tally:
             "run_id": run_id,
         }
         for obj in objects
-        if obj.etag is not None and obj.path not in tally.unsettled_objects
+        if obj.etag is not None and obj.path not in left_out
     ]
 
 
@@ -802,6 +818,9 @@ def _actors_section(actors: ActorPlan | None, counters: dict[str, float]) -> dic
     return {**actors.__dict__, "compute_dtypes": by_kind(COMPUTE_DTYPE), "allocators": by_kind(ALLOCATOR)}
 
 
+GIVEN_SHOWN = 100  # objects a summary names of those a job was given (``objects`` counts them all)
+
+
 def run_summary(
     context: RunContext,
     actors: ActorPlan | None,
@@ -826,6 +845,8 @@ def run_summary(
             "uri": config.source.uri,
             "format": config.source.format,
             "objects": len(context.objects),
+            # what a backfill or replay was given to read (source.uri's listing otherwise: not repeated here)
+            "given_objects": [obj.path for obj in context.objects[:GIVEN_SHOWN]] if context.given else None,
             "objects_skipped_unchanged": tally.objects_skipped,
             "dead_letters_kept": tally.dead_letters_kept,
             "objects_removed": outcome["objects_removed"],

@@ -233,6 +233,24 @@ def test_an_id_in_two_objects_is_kept_once_and_reported_on_every_run(ray_session
     run_and_check(index_job)
 
 
+def test_a_bad_copy_of_a_moved_document_keeps_its_rows_while_its_object_is_skipped(ray_session, tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    _write_corpus(source / "a", {"lambda": topics["lambda"], "pass": topics["pass"]})
+    config = str(_config(tmp_path, str(source)))
+    assert index_job.main(["--config", config]) == 0
+    pass_rows = _rows(tmp_path).filter(pa.compute.equal(_rows(tmp_path)[schema.DOC_ID], "pass"))
+    # "pass" moves to b and is broken there: its stored rows (from a) stay, as for any dead-lettered document.
+    _write_corpus(source / "a", {"lambda": topics["lambda"]})
+    _write_corpus(source / "b", {}, extra_lines=[json.dumps({"id": "pass", "text": ""})])
+    for run in ("b read", "b skipped as unchanged, a read again"):
+        assert index_job.main(["--config", config]) == 0, run
+        summary = _last_summary(tmp_path)
+        assert summary["counts"]["docs_deleted"] == 0, run
+        rows = _rows(tmp_path)
+        assert rows.filter(pa.compute.equal(rows[schema.DOC_ID], "pass")).equals(pass_rows), run
+    assert (summary["source"]["objects_skipped_unchanged"], summary["source"]["dead_letters_kept"]) == (1, 1)
+
+
 def test_dead_letters_are_stored_listed_and_replayed(ray_session, tmp_path: Path, capsys) -> None:
     good = {doc: topics[doc] for doc in DOCS[:3]}
     bad = ['{"id": "broken", "text": "oops', '{"id": "fixme", "title": "no text yet"}']
@@ -240,6 +258,8 @@ def test_dead_letters_are_stored_listed_and_replayed(ray_session, tmp_path: Path
     config = str(_config(tmp_path, str(tmp_path / "src"), max_dead_letters=1))
     assert index_job.main(["--config", config]) == 3, "two dead letters exceed a budget of one"
     assert set(_rows(tmp_path)[schema.DOC_ID].to_pylist()) == set(good), "good documents are committed anyway"
+    assert index_job.main(["--config", config]) == 3, "over the budget, the object is read again: fails again"
+    assert _last_summary(tmp_path)["source"]["objects_skipped_unchanged"] == 0
     letters = read_dead_letters(str(tmp_path / "db"), "chunks").to_pylist()
     assert sorted(row["reason"] for row in letters) == ["invalid_json", "missing_text"]
     assert {row["detail"].split(":")[0] for row in letters} == {"line 4", "line 5"}
@@ -408,7 +428,10 @@ def test_a_backfill_outside_source_uri_warns_that_an_index_removes_it(ray_sessio
     assert "warning: this backfill reads 1 object outside source.uri" in err
     assert "the next `lateline index` removes their documents (sink.delete_missing)" in err
     assert set(_rows(tmp_path)[schema.DOC_ID].to_pylist()) == {"lambda", "pass"}
+    source = _last_summary(tmp_path)["source"]
+    assert source["given_objects"] == [f"file://{tmp_path}/extra/docs.jsonl"], "what the backfill was given"
 
     assert index_job.main(["--config", config]) == 0
+    assert _last_summary(tmp_path)["source"]["given_objects"] is None, "an index reads source.uri's listing"
     assert "index: removed 1 document gone from the source (sink.delete_missing)" in capsys.readouterr().err
     assert set(_rows(tmp_path)[schema.DOC_ID].to_pylist()) == {"lambda"}

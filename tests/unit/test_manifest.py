@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+from pipeline import manifest as manifest_module
 from pipeline import sink as sink_module
 from pipeline.config import SourceConfig
 from pipeline.deadletters import SETTLED_REASONS, ObjectLetters
@@ -41,12 +42,13 @@ def test_an_object_with_dead_letters_is_skipped_only_when_a_new_read_would_give_
     assert skipped({"r1"}, {"invalid_json", "empty_text"}), "the recording run's letters, from the bytes"
     assert not skipped({"r0"}, {"missing_text"}), "another run's letters (say a wrong text_field since put right)"
     assert not skipped({"r1", "r2"}, {"invalid_json"}), "a later run (a --limit trial) added letters"
-    for reason in ("unreadable_source", "embed_failed", "out_of_memory", "tokenize_failed", "duplicate_doc_id"):
+    for reason in ("unreadable_source", "embed_failed", "out_of_memory", "tokenize_failed", "no_tokens"):
         assert reason not in SETTLED_REASONS
         assert not skipped({"r1"}, {reason}), f"{reason} may pass on another read"
+    assert not skipped({"r1"}, {"duplicate_doc_id"}), "depends on other objects"
 
 
-def test_settings_that_change_what_an_object_yields_change_its_key_and_others_do_not() -> None:
+def test_settings_that_change_what_an_object_yields_change_its_key_and_others_do_not(monkeypatch) -> None:
     source = SourceConfig(uri="s3://b/", format="jsonl")
     key = object_digest("d", source)
     assert object_digest("d", source.model_copy()) == key, "stable"
@@ -60,6 +62,9 @@ def test_settings_that_change_what_an_object_yields_change_its_key_and_others_do
     ]
     for change in yields_other_documents:
         assert object_digest("d", source.model_copy(update=change)) != key, change
+    monkeypatch.setattr(manifest_module, "READER_VERSION", "readers@v2")
+    assert object_digest("d", source) != key, "readers that read records differently: every object read again"
+    monkeypatch.undo()
     for same_documents in ({"read_batch_docs": 10}, {"include": ("*.jsonl",)}, {"storage_options": {"k": "v"}}):
         assert object_digest("d", source.model_copy(update=same_documents)) == key, same_documents
 
