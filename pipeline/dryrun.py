@@ -31,7 +31,7 @@ from pipeline.deadletters import letters_by_object
 from pipeline.fingerprint import embedding_settings, settings_digest
 from pipeline.known import KnownDocuments, read_known_documents
 from pipeline.manifest import ObjectManifest
-from pipeline.model import ModelIdentity, describe_model, raw_tokenizer
+from pipeline.model import ModelIdentity, check_window, describe_model, raw_tokenizer
 from pipeline.sink import check_compatible, open_table, read_table_record
 from pipeline.sources import fingerprinted, list_source_objects, objects_table, read_object
 from pipeline.storage_options import as_s3fs_options
@@ -47,7 +47,8 @@ STARTUP_GUESS_S = 15.0
 
 def dry_run(config: JobConfig) -> dict[str, Any]:
     """The estimate as JSON data (see the module doc)."""
-    tokenizer, _, _, identity = describe_model(config.model, config.embedding.document_prefix)
+    tokenizer, frame, max_length, identity = describe_model(config.model, config.embedding.document_prefix)
+    check_window(config.embedding, config.model.name_or_path, frame, max_length)
     identity = dataclasses.replace(identity, dtype=config.sink.vector_dtype)
     settings = embedding_settings(config.chunking, config.embedding, identity)
     digest = settings_digest(settings)

@@ -16,7 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import ConfigError, ModelConfig
+from pipeline.config import ConfigError, EmbeddingConfig, ModelConfig
 from pipeline.model_store import localize_model
 from pipeline.pooling import Frame
 
@@ -271,6 +271,21 @@ def describe_model(config: ModelConfig, document_prefix: str = "") -> tuple[Any,
         document_prefix=document_prefix,
     )
     return tokenizer, special_token_frame(tokenizer, document_prefix), max_length, identity
+
+
+def check_window(embedding: EmbeddingConfig, name_or_path: str, frame: Frame, max_length: int) -> None:
+    """Raise ``ConfigError`` when the model's window has no room for a document (``embedding.document_prefix``
+    fills it) or, in late mode, for ``embedding.window_overlap``: found before Ray starts, not by every long
+    document failing in the actors."""
+    try:
+        capacity = frame.capacity(max_length)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    if embedding.mode == "late" and embedding.window_overlap >= capacity:
+        raise ConfigError(
+            f"embedding.window_overlap: must be < the {capacity:,} document tokens a window of {name_or_path!r} "
+            f"holds (got {embedding.window_overlap:,})"
+        )
 
 
 def load_model(config: ModelConfig, document_prefix: str = "", device: str | None = None) -> LoadedModel:

@@ -56,7 +56,7 @@ from pipeline.interrupts import keeping_sigterm_handler
 from pipeline.known import KnownDocuments
 from pipeline.lock import TableLock
 from pipeline.manifest import ObjectManifest, object_digest
-from pipeline.model import ModelIdentity, describe_model
+from pipeline.model import ModelIdentity, check_window, describe_model
 from pipeline.plan import ActorPlan, build_dataset, size_actor_pool
 from pipeline.sink import LanceSink, recorded_sections
 from pipeline.sources import SourceObject, list_source_objects, outside_source
@@ -296,7 +296,8 @@ def prepare(
             "does not read; a backfill or replay never removes anything (use sink.mode: upsert, or `lateline "
             "index` with overwrite to rebuild the table from the whole source)"
         )
-    _, _, _, identity = describe_model(config.model, config.embedding.document_prefix)
+    _, frame, max_length, identity = describe_model(config.model, config.embedding.document_prefix)
+    check_window(config.embedding, config.model.name_or_path, frame, max_length)
     identity = dataclasses.replace(identity, dtype=config.sink.vector_dtype)
     settings = embedding_settings(config.chunking, config.embedding, identity)
     given = objects is not None

@@ -102,6 +102,18 @@ def test_overlap_not_below_capacity_raises(overlap: int) -> None:
         macro_windows(100, 20, overlap)
 
 
+def test_a_window_setting_that_cannot_fit_is_a_config_error_before_any_document_is_read() -> None:
+    from pipeline.config import ConfigError, EmbeddingConfig
+    from pipeline.model import check_window
+
+    check_window(EmbeddingConfig(window_overlap=37), "m", FRAME, 40)  # 38 document tokens a window
+    check_window(EmbeddingConfig(mode="naive", window_overlap=600), "m", FRAME, 40)  # naive has no windows
+    with pytest.raises(ConfigError, match=r"embedding.window_overlap: must be < the 38 .* 'm' holds \(got 38\)"):
+        check_window(EmbeddingConfig(window_overlap=38), "m", FRAME, 40)
+    with pytest.raises(ConfigError, match="document_prefix"):
+        check_window(EmbeddingConfig(), "m", Frame((CLS,), (7,) * 10, (SEP,)), 12)
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_macro_window_properties(seed: int) -> None:
     rng = random.Random(seed)
