@@ -17,13 +17,18 @@ from pipeline.reembed import run_reembed
 def parser() -> argparse.ArgumentParser:
     p = job_parser("reembed", __doc__)
     config_arguments(p)
-    p.add_argument("--from", dest="source", help="the table to re-embed (default: the one sink.table serves)")
+    p.add_argument(
+        "--from",
+        dest="source",
+        help="the table or alias to re-embed (default: sink.table; an alias stands for the table it serves)",
+    )
     p.add_argument(
         "--to",
         dest="target",
         help=(
             "the new table (default: <sink.table>__<model>-<8 hex of the settings digest>, with -float16 for "
-            "float16 vectors)"
+            "float16 vectors; with --from a table outside sink.table's, <that table>__...); never a table an "
+            "alias serves"
         ),
     )
     p.add_argument("--limit", type=int, default=None, help="re-embed at most N documents (a trial)")

@@ -82,6 +82,12 @@ def serving_table(db: Any, name: str) -> str:
     return alias_state(db, name).serving
 
 
+def served_tables(db: Any) -> dict[str, str]:
+    """Every table an alias of ``db`` serves (promoted at least once) -> that alias."""
+    aliases = [t.removesuffix(ALIAS_SUFFIX) for t in table_names(db) if t.endswith(ALIAS_SUFFIX)]
+    return {alias_state(db, alias).serving: alias for alias in aliases}
+
+
 def model_tables(db: Any, name: str) -> list[str]:
     """Tables that belong to the alias ``name``: ``name`` and ``name__*``, without helper tables."""
     return sorted(
@@ -120,7 +126,7 @@ def promote(
         if problems:
             raise AliasError(f"not promoting {table!r}: " + "; ".join(problems))
         state = alias_state(db, name)
-        if state.serving == table and state.history:
+        if state.serving == table:  # (before a first promote, the table named like the alias serves)
             raise AliasError(f"alias {name!r} already serves {table!r}")
         rows = []
         if not state.history and name in table_names(db) and table != name:
@@ -251,13 +257,18 @@ def promotion_problems(db: Any, uri: str, name: str, table: str) -> list[tuple[s
 
 
 def check_retirable(db: Any, uri: str, name: str, tables: list[str]) -> None:
-    """Raise :class:`AliasError` unless every one of ``tables`` exists and is not what the alias ``name`` serves."""
-    serving = alias_state(db, name).serving
+    """Raise :class:`AliasError` unless every one of ``tables`` exists, is a table of vectors (a helper table
+    goes with its table) and is not what the alias ``name``, or any other alias, serves."""
+    serving = {alias_state(db, name).serving: name, **served_tables(db)}
     for table in tables:
         if table not in table_names(db):
             raise AliasError(f"--table: no table {table!r} at {uri!r}")
-        if table == serving:
-            raise AliasError(f"table {table!r} is what alias {name!r} serves; promote or roll back first")
+        if table.endswith(HELPER_SUFFIXES):
+            raise AliasError(
+                f"--table: {table!r} is one of lateline's helper tables; it is dropped with the table it belongs to"
+            )
+        if table in serving:
+            raise AliasError(f"table {table!r} is what alias {serving[table]!r} serves; promote or roll back first")
 
 
 def retire(db: Any, uri: str, name: str, tables: list[str], storage_options: dict | None = None) -> list[str]:

@@ -28,7 +28,7 @@ from typing import Any
 import pyarrow as pa
 
 from pipeline import schema
-from pipeline.aliases import serving_table
+from pipeline.aliases import served_tables, serving_table
 from pipeline.chunking import rebuild_text
 from pipeline.config import JobConfig
 from pipeline.deadletters import DeadLetterLog, carry_dead_letters
@@ -77,6 +77,11 @@ class StoredTable:
     storage_options: dict[str, Any]
     keep_spans: bool
     batch_docs: int = 1_000
+
+
+def in_family(table: str, alias: str) -> bool:
+    """Whether ``table`` is one of the alias ``alias``'s tables (``alias`` or ``alias__*``)."""
+    return table == alias or table.startswith(alias + "__")
 
 
 def target_name(alias: str, identity: ModelIdentity, settings: dict, vector_dtype: str = "float32") -> str:
@@ -179,9 +184,10 @@ def carry_manifest(config: JobConfig, source: str, digest: str, dead_objects: se
 
 
 def open_source(config: JobConfig, source: str | None) -> tuple[str, Any, dict[str, Any]]:
-    """``(name, table, record)`` of the table to re-embed (default: the one ``sink.table`` serves)."""
+    """``(name, table, record)`` of the table to re-embed: the one ``source`` (default ``sink.table``) serves
+    when it is an alias, else ``source`` itself."""
     db = connect(config.sink.uri, config.sink.storage_options)
-    name = source or serving_table(db, config.sink.table)
+    name = serving_table(db, source or config.sink.table)
     if name not in table_names(db):
         where = "--from" if source else "sink.table"
         raise ReembedError(f"{where}: no table {name!r} at {config.sink.uri!r} to re-embed; run `lateline index`")
@@ -200,8 +206,10 @@ def open_source(config: JobConfig, source: str | None) -> tuple[str, Any, dict[s
 def run_reembed(
     config: JobConfig, source: str | None = None, target: str | None = None, limit: int | None = None
 ) -> dict[str, Any]:
-    """Re-embed the table ``source`` (default: the serving table of ``sink.table``) with ``config``'s model and
-    chunking into ``target`` (default :func:`target_name`); returns the run summary (also written to disk).
+    """Re-embed the table ``source`` (default ``sink.table``; an alias stands for the table it serves) with
+    ``config``'s model and chunking into ``target`` (default :func:`target_name` of ``sink.table``, or of
+    ``source`` when that is not one of ``sink.table``'s tables); returns the run summary (also written to
+    disk). A target some alias serves is refused (unless it is the source: then there is nothing to do).
 
     Raises :class:`ReembedError`, ``TableMismatch`` or ``TableLocked`` before any work when it cannot start.
     """
@@ -209,11 +217,19 @@ def run_reembed(
 
     source_name, table, record = open_source(config, source)
     context = runner.prepare(config, "reembed", [], limit)
-    target = target or target_name(config.sink.table, context.identity, context.settings, config.sink.vector_dtype)
+    family = config.sink.table if source is None or in_family(source, config.sink.table) else source
+    named = target is not None
+    target = target or target_name(family, context.identity, context.settings, config.sink.vector_dtype)
     if target == source_name:
         raise NothingToReembed(
             f"table {source_name!r} already holds {context.identity.label} vectors with these settings; "
             "nothing to re-embed (pass --to to rebuild into another table)"
+        )
+    served = served_tables(connect(config.sink.uri, config.sink.storage_options))
+    if target in served:  # a complete re-embed deletes what its source lacks: searches would lose documents
+        raise ReembedError(
+            f"{'--to' if named else 'the default target'} {target!r} is the table alias {served[target]!r} "
+            f"serves, and this re-embeds {source_name!r} into it; name a table no alias serves with --to"
         )
     dataset = table.to_lance()
     stored = StoredTable(

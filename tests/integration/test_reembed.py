@@ -147,6 +147,11 @@ def test_reembed_promote_rollback_and_never_two_models_in_a_table(
     assert [row["action"] for row in state.history] == ["initial", "promote", "rollback"]
     assert rollback_job.main(["--config", str(old_config)]) == 2  # nothing earlier to roll back to
     assert "no earlier table" in capsys.readouterr().err
+    # Re-embedding another table into the one the alias serves would replace what searches use: refused.
+    assert reembed_job.main(["--config", str(old_config), "--from", new_name, "--to", "chunks"]) == 2
+    assert f"--to 'chunks' is the table alias 'chunks' serves, and this re-embeds {new_name!r}" in (
+        capsys.readouterr().err
+    )
     # Rolled back to the first table, the alias still hands its model to a job configured with the new one.
     followed, _ = follow(load_config(new_config))
     assert followed.sink.table == "chunks" and followed.model.name_or_path != other_model

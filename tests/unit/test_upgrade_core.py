@@ -56,6 +56,30 @@ def test_a_helper_table_cannot_be_promoted(tmp_path: Path) -> None:
     assert not list(tmp_path.glob("*.lateline-lock"))
 
 
+def test_retire_refuses_helper_tables_and_what_any_alias_serves_and_promote_what_already_serves(
+    tmp_path: Path,
+) -> None:
+    import lancedb
+
+    from pipeline.aliases import AliasError, check_retirable, promote, served_tables
+
+    db = lancedb.connect(str(tmp_path))
+    for name in ("chunks", "chunks__old", "chunks__objects", "big", "big__new"):
+        db.create_table(name, pa.table({"x": [1]}))
+    with pytest.raises(AliasError, match="already serves 'chunks'"):  # no alias yet: the table of its name
+        promote(db, str(tmp_path), "chunks", "chunks")
+    promote(db, str(tmp_path), "big", "big__new")
+    assert served_tables(db) == {"big__new": "big"}
+    check_retirable(db, str(tmp_path), "chunks", ["chunks__old"])
+    with pytest.raises(AliasError, match="'chunks' serves"):
+        check_retirable(db, str(tmp_path), "chunks", ["chunks"])
+    with pytest.raises(AliasError, match="'big__new' is what alias 'big' serves"):
+        check_retirable(db, str(tmp_path), "chunks", ["chunks__old", "big__new"])
+    for helper in ("chunks__objects", "big__alias"):
+        with pytest.raises(AliasError, match="helper tables; it is dropped with the table it belongs to"):
+            check_retirable(db, str(tmp_path), "chunks", [helper])
+
+
 def test_rebuilt_text_puts_every_chunk_back_at_its_offsets(encode_offsets) -> None:
     offsets = encode_offsets(TEXT)
     spans = chunk_spans(TEXT, offsets, "sentences", size=8, sentences_per_chunk=1)
