@@ -30,8 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(describe_alias(state), indent=2))
     # Index runs since the promote wrote to the table that served then, not to this one.
     print(
-        f"{sink.table!r} serves {state.serving!r} again; documents changed since the promote are not in it yet: "
-        f"run `lateline index --config {args.config}` to catch it up",
+        f"{sink.table!r} serves {state.serving!r} again; documents that changed in the source since the promote "
+        f"are not in it: run `lateline index --config {args.config}` to catch it up (unchanged ones cost nothing)",
         file=sys.stderr,
     )
     return EXIT_CODES["ok"]

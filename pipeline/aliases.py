@@ -183,8 +183,12 @@ def follow(config: JobConfig) -> tuple[JobConfig, str | None]:
             f"{config.sink.uri!r}; `lateline rollback` (or promote another table) first"
         )
     followed = pointed_at(config, db, serving, adopt=config.sink.follow_alias)
+    line = f"sink.table {config.sink.table!r} is an alias serving {serving!r}"
+    if not config.sink.follow_alias:
+        return followed, f"{line} (sink.follow_alias: false: this config's model and settings must be the table's)"
+    # The config's own model, chunking and embedding (--set ones included) give way to the table's: say so.
     model = followed.model.name_or_path
-    return followed, f"sink.table {config.sink.table!r} is an alias serving {serving!r} (model {model})"
+    return followed, f"{line}: its model ({model}), chunking and embedding settings replace this config's"
 
 
 def _local_path_missing(uri: str) -> bool:

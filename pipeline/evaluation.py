@@ -127,6 +127,18 @@ def _read_qrels(path: Path) -> dict[str, dict[str, int]]:
     return qrels
 
 
+def check_same_corpus(table: str, rankings: Mapping[str, Sequence[str]], dataset: BeirDataset) -> None:
+    """Raise :class:`DatasetError` when ``table`` returned documents but none of the dataset's corpus: it holds
+    another corpus, and its scores of 0 would read as a result."""
+    returned = {doc for ranking in rankings.values() for doc in ranking}
+    corpus = {doc_id for doc_id, _, _ in _read_jsonl(dataset.root / "corpus.jsonl", ("_id", "text"))}
+    if returned and not returned & corpus:
+        raise DatasetError(
+            f"--table: none of the {len(returned):,} documents {table!r} returned is in {dataset.root / 'corpus.jsonl'}"
+            f" (e.g. {sorted(returned)[:3]}): it holds another corpus; leave --table out to index the dataset's"
+        )
+
+
 def write_pipeline_corpus(dataset: BeirDataset, target: Path) -> int:
     """The corpus as lateline JSONL (``id``, ``text`` = title, blank line, text); returns the document count."""
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -219,7 +231,9 @@ def run_eval(
     results: dict[str, Any] = {}
     if table is not None:
         config = parse_config(apply_overrides(base.model_dump(), [f"sink.table={table}"]))
-        results[table] = {"metrics": score_rankings(rank_queries(config, dataset.queries), dataset.qrels)}
+        rankings = rank_queries(config, dataset.queries)
+        check_same_corpus(table, rankings, dataset)
+        results[table] = {"metrics": score_rankings(rankings, dataset.qrels)}
     else:
         corpus = out / "corpus" / "corpus.jsonl"
         documents = write_pipeline_corpus(dataset, corpus)

@@ -282,7 +282,9 @@ class RunContext:
     @property
     def origin(self) -> str:
         """Where the objects came from, for the log."""
-        return "the given URIs" if self.given else self.config.source.uri
+        if not self.given:
+            return self.config.source.uri
+        return "the dead-letter table" if self.job == "replay" else "the given URIs"
 
 
 def prepare(

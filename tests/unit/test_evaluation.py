@@ -11,6 +11,7 @@ import pytest
 from pipeline.evaluation import (
     DatasetError,
     best_chunk_ranking,
+    check_same_corpus,
     load_beir,
     mrr_at_k,
     ndcg_at_k,
@@ -75,6 +76,14 @@ def _dataset(root: Path, corpus: str, queries: str, qrels: str) -> Path:
 GOOD_CORPUS = json.dumps({"_id": "d1", "title": "T", "text": "x"}) + "\n"
 GOOD_QUERIES = json.dumps({"_id": "q1", "text": "x?"}) + "\n" + json.dumps({"_id": "q9", "text": "unjudged"}) + "\n"
 GOOD_QRELS = "query-id\tcorpus-id\tscore\nq1\td1\t1\n"
+
+
+def test_an_existing_table_of_another_corpus_is_refused_not_scored_zero(tmp_path: Path) -> None:
+    dataset = load_beir(_dataset(tmp_path, GOOD_CORPUS, GOOD_QUERIES, GOOD_QRELS))
+    check_same_corpus("t", {"q1": ["zz", "d1"]}, dataset)  # some of the dataset's documents: a real score
+    check_same_corpus("t", {"q1": []}, dataset)  # an empty table scores 0 truthfully
+    with pytest.raises(DatasetError, match=r"none of the 2 documents 't' returned is in .*corpus.jsonl"):
+        check_same_corpus("t", {"q1": ["zz", "yy"]}, dataset)
 
 
 def test_a_good_dataset_keeps_only_judged_queries(tmp_path: Path) -> None:
