@@ -12,7 +12,7 @@ import json
 import sys
 
 from jobs.common import config_arguments, fail, job_parser, parse
-from pipeline.aliases import AliasError, alias_state, check_retirable, model_tables, retire
+from pipeline.aliases import AliasError, alias_state, check_retirable, model_tables, retire, served_tables
 from pipeline.lock import TableLocked
 from pipeline.runner import EXIT_CODES
 from pipeline.sink import connect, table_names
@@ -34,7 +34,12 @@ def main(argv: list[str] | None = None) -> int:
         return fail(f"sink.table: no table {sink.table!r} at {sink.uri!r}", "config")
     tables = list(args.tables)
     if args.unserved:
-        tables += [t for t in model_tables(db, sink.table) if t != serving and t not in tables]
+        # A table of this family another alias serves (promoted there with --table) is live: left alone.
+        live = served_tables(db)
+        others = [t for t in model_tables(db, sink.table) if t != serving and t in live]
+        if others:
+            print(f"not retiring {', '.join(repr(t) for t in others)}: served by another alias", file=sys.stderr)
+        tables += [t for t in model_tables(db, sink.table) if t != serving and t not in live and t not in tables]
     if not tables:
         if args.unserved:  # nothing left to clean up is a success, so a scheduled clean-up can run it blindly
             key = "would_drop" if args.dry_run else "dropped"

@@ -167,17 +167,22 @@ def rebuild_document(chunks: dict[int, dict[str, Any]], keep_spans: bool) -> dic
 
 
 # --- the driver ------------------------------------------------------------------------------------------
-def carry_manifest(config: JobConfig, source: str, digest: str, dead_objects: set[str], run_id: str) -> int:
+def carry_manifest(
+    config: JobConfig, source: str, source_key: str, digest: str, dead_objects: set[str], run_id: str
+) -> int:
     """Copy the source table's object manifest to the new table (``config.sink.table``) under the new settings
-    (``digest``: their :func:`~pipeline.manifest.object_digest`),
-    except objects with a dead-lettered document: the first index after a promote then skips unchanged objects
-    without downloading them, as it did before. An object with the source table's dead letters (carried with
-    their run ids by :func:`~pipeline.deadletters.carry_dead_letters`) no longer matches its entry's run id
-    here, so that index reads it once. Returns the rows copied."""
+    (``digest``: their :func:`~pipeline.manifest.object_digest`), except entries not recorded under the source
+    table's own key ``source_key`` (another reader version or other reading settings: the source table would
+    read them again too) and objects with a dead-lettered document: the first index after a promote then skips
+    unchanged objects without downloading them, as it did before. An object with the source table's dead
+    letters (carried with their run ids by :func:`~pipeline.deadletters.carry_dead_letters`) no longer matches
+    its entry's run id here, so that index reads it once. Returns the rows copied."""
     sink = config.sink
     rows = ObjectManifest(sink.uri, source, sink.storage_options).load()
     carried = [
-        {**row, "settings_digest": digest, "run_id": run_id} for path, row in rows.items() if path not in dead_objects
+        {**row, "settings_digest": digest, "run_id": run_id}
+        for path, row in rows.items()
+        if path not in dead_objects and row["settings_digest"] == source_key
     ]
     ObjectManifest(sink.uri, sink.table, sink.storage_options).record(carried)
     return len(carried)
@@ -222,10 +227,12 @@ def run_reembed(
     target = target or target_name(family, context.identity, context.settings, config.sink.vector_dtype)
     if target == source_name:
         raise NothingToReembed(
-            f"table {source_name!r} already holds {context.identity.label} vectors with these settings; "
-            "nothing to re-embed (pass --to to rebuild into another table)"
+            f"the target is the source table {source_name!r}, which already holds {context.identity.label} "
+            "vectors with these settings; nothing to re-embed (pass --to to rebuild into another table)"
         )
-    served = served_tables(connect(config.sink.uri, config.sink.storage_options))
+    db = connect(config.sink.uri, config.sink.storage_options)
+    # (before a first promote, the table named like the alias is the one searches use)
+    served = {serving_table(db, config.sink.table): config.sink.table, **served_tables(db)}
     if target in served:  # a complete re-embed deletes what its source lacks: searches would lose documents
         raise ReembedError(
             f"{'--to' if named else 'the default target'} {target!r} is the table alias {served[target]!r} "
@@ -253,12 +260,19 @@ def run_reembed(
         sink = LanceSink(
             target_config.sink, context.identity, context.settings, on_commit, recorded_sections(target_config)
         )
-        summary = _execute(context, sink, dead_letters, stored, fragments, source_name)
+        source_key = object_digest(settings_digest(record["settings"]), config.source)
+        summary = _execute(context, sink, dead_letters, stored, fragments, source_name, source_key)
     return summary
 
 
 def _execute(
-    context: Any, sink: LanceSink, dead_letters: DeadLetterLog, stored: StoredTable, fragments: list[int], source: str
+    context: Any,
+    sink: LanceSink,
+    dead_letters: DeadLetterLog,
+    stored: StoredTable,
+    fragments: list[int],
+    source: str,
+    source_key: str,
 ) -> dict[str, Any]:
     from pipeline import runner
 
@@ -286,7 +300,8 @@ def _execute(
         if context.limit is not None:
             return
         outcome["deleted"] = sink.delete_documents(sorted(runner.absent_documents(known, sink, tally)))
-        carry_manifest(config, source, object_digest(digest, config.source), tally.dead_objects, context.run_id)
+        key = object_digest(digest, config.source)
+        carry_manifest(config, source, source_key, key, tally.dead_objects, context.run_id)
         carry_dead_letters(config.sink.uri, source, config.sink.table, config.sink.storage_options)
 
     summary_source = {

@@ -485,7 +485,8 @@ def execute_job(
         summary["summary_path"] = str(write_summary(context.config, context.run_id, summary))
         log(f"{context.job}: {summary['status']}; run summary at {summary['summary_path']}")
         if failure is not None:  # for the job's entry point, which prints the head of every run's summary
-            failure.run_summary = summary
+            with contextlib.suppress(Exception):  # (an exception that takes no attributes must still propagate)
+                failure.run_summary = summary
     return summary
 
 

@@ -93,6 +93,10 @@ def test_reembed_promote_rollback_and_never_two_models_in_a_table(
     assert reembed_job.main(["--config", str(new_config), "--limit", "3"]) == 0
     new_name = _summary(tmp_path)["table"]["name"]
     assert new_name.startswith("chunks__minilm-nudged-")
+    # Before any promote, the table named like the alias is the live one: never a re-embed's target.
+    capsys.readouterr()
+    assert reembed_job.main(["--config", str(old_config), "--from", new_name, "--to", "chunks"]) == 2
+    assert "--to 'chunks' is the table alias 'chunks' serves" in capsys.readouterr().err
     assert reembed_job.main(["--config", str(new_config)]) == 0
     resumed = _summary(tmp_path)["counts"]
     assert resumed["docs_skipped_unchanged"] == 3 and resumed["docs_written"] == len(DOCS) - 3

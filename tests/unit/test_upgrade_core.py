@@ -80,6 +80,49 @@ def test_retire_refuses_helper_tables_and_what_any_alias_serves_and_promote_what
             check_retirable(db, str(tmp_path), "chunks", [helper])
 
 
+def test_retire_unserved_leaves_a_table_of_its_family_that_another_alias_serves(tmp_path: Path, capsys) -> None:
+    import lancedb
+    import yaml
+
+    from jobs import retire as retire_job
+    from pipeline.aliases import promote
+
+    db = lancedb.connect(str(tmp_path / "db"))
+    for name in ("docs", "docs__a", "docs__en__m"):
+        db.create_table(name, pa.table({"x": [1]}))
+    promote(db, str(tmp_path / "db"), "docs__en", "docs__en__m")  # a nested alias name, live
+    config = tmp_path / "job.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {"source": {"uri": "x", "format": "jsonl"}, "sink": {"uri": str(tmp_path / "db"), "table": "docs"}}
+        )
+    )
+    assert retire_job.main(["--config", str(config), "--unserved"]) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out)["dropped"] == ["docs__a"]
+    assert "not retiring 'docs__en__m': served by another alias" in out.err
+    assert "docs__en__m" in db.table_names()
+
+
+def test_a_reembed_carries_only_manifest_entries_its_source_would_skip(tmp_path: Path) -> None:
+    from pipeline.config import parse_config
+    from pipeline.manifest import ObjectManifest
+    from pipeline.reembed import carry_manifest
+
+    config = parse_config({"source": {"uri": "x", "format": "jsonl"}, "sink": {"uri": str(tmp_path), "table": "new"}})
+    row = {"etag": "e", "size": 1, "doc_count": 1, "run_id": "r"}
+    ObjectManifest(str(tmp_path), "old").record(
+        [
+            {"source_uri": "current", **row, "settings_digest": "old-key"},
+            {"source_uri": "older-readers", **row, "settings_digest": "stale-key"},  # read again by old too
+            {"source_uri": "bad", **row, "settings_digest": "old-key"},
+        ]
+    )
+    assert carry_manifest(config, "old", "old-key", "new-key", {"bad"}, "run") == 1
+    [carried] = ObjectManifest(str(tmp_path), "new").load().values()
+    assert (carried["source_uri"], carried["settings_digest"], carried["run_id"]) == ("current", "new-key", "run")
+
+
 def test_rebuilt_text_puts_every_chunk_back_at_its_offsets(encode_offsets) -> None:
     offsets = encode_offsets(TEXT)
     spans = chunk_spans(TEXT, offsets, "sentences", size=8, sentences_per_chunk=1)
