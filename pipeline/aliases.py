@@ -82,19 +82,22 @@ def serving_table(db: Any, name: str) -> str:
     return alias_state(db, name).serving
 
 
-def served_tables(db: Any) -> dict[str, str]:
-    """Every table an alias of ``db`` serves (promoted at least once) -> that alias."""
+def served_tables(db: Any, name: str | None = None) -> dict[str, str]:
+    """Every table an alias of ``db`` serves (promoted at least once) -> that alias; with ``name``, also the
+    table ``name`` serves (before its first promote, the table of that name: searches use it)."""
     aliases = [t.removesuffix(ALIAS_SUFFIX) for t in table_names(db) if t.endswith(ALIAS_SUFFIX)]
-    return {alias_state(db, alias).serving: alias for alias in aliases}
+    served = {alias_state(db, alias).serving: alias for alias in aliases}
+    return served if name is None else {serving_table(db, name): name, **served}
+
+
+def in_family(table: str, name: str) -> bool:
+    """Whether ``table`` is named as one of the alias ``name``'s tables: ``name`` or ``name__*``."""
+    return table == name or table.startswith(name + "__")
 
 
 def model_tables(db: Any, name: str) -> list[str]:
-    """Tables that belong to the alias ``name``: ``name`` and ``name__*``, without helper tables."""
-    return sorted(
-        t
-        for t in table_names(db)
-        if (t == name or t.startswith(name + "__")) and not any(t.endswith(s) for s in HELPER_SUFFIXES)
-    )
+    """Tables that belong to the alias ``name`` (:func:`in_family`), without helper tables."""
+    return sorted(t for t in table_names(db) if in_family(t, name) and not t.endswith(HELPER_SUFFIXES))
 
 
 def promote(
@@ -263,7 +266,7 @@ def promotion_problems(db: Any, uri: str, name: str, table: str) -> list[tuple[s
 def check_retirable(db: Any, uri: str, name: str, tables: list[str]) -> None:
     """Raise :class:`AliasError` unless every one of ``tables`` exists, is a table of vectors (a helper table
     goes with its table) and is not what the alias ``name``, or any other alias, serves."""
-    serving = {alias_state(db, name).serving: name, **served_tables(db)}
+    serving = served_tables(db, name)
     for table in tables:
         if table not in table_names(db):
             raise AliasError(f"--table: no table {table!r} at {uri!r}")

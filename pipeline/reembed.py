@@ -28,7 +28,7 @@ from typing import Any
 import pyarrow as pa
 
 from pipeline import schema
-from pipeline.aliases import served_tables, serving_table
+from pipeline.aliases import in_family, served_tables, serving_table
 from pipeline.chunking import rebuild_text
 from pipeline.config import JobConfig
 from pipeline.deadletters import DeadLetterLog, carry_dead_letters
@@ -77,11 +77,6 @@ class StoredTable:
     storage_options: dict[str, Any]
     keep_spans: bool
     batch_docs: int = 1_000
-
-
-def in_family(table: str, alias: str) -> bool:
-    """Whether ``table`` is one of the alias ``alias``'s tables (``alias`` or ``alias__*``)."""
-    return table == alias or table.startswith(alias + "__")
 
 
 def target_name(alias: str, identity: ModelIdentity, settings: dict, vector_dtype: str = "float32") -> str:
@@ -230,9 +225,7 @@ def run_reembed(
             f"the target is the source table {source_name!r}, which already holds {context.identity.label} "
             "vectors with these settings; nothing to re-embed (pass --to to rebuild into another table)"
         )
-    db = connect(config.sink.uri, config.sink.storage_options)
-    # (before a first promote, the table named like the alias is the one searches use)
-    served = {serving_table(db, config.sink.table): config.sink.table, **served_tables(db)}
+    served = served_tables(connect(config.sink.uri, config.sink.storage_options), config.sink.table)
     if target in served:  # a complete re-embed deletes what its source lacks: searches would lose documents
         raise ReembedError(
             f"{'--to' if named else 'the default target'} {target!r} is the table alias {served[target]!r} "
