@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from fsspec.core import url_to_fs
+from fsspec.implementations.local import LocalFileSystem
 
 from pipeline.storage_options import as_s3fs_options
 
@@ -71,10 +72,17 @@ class TableLock:
         self.held = True
 
     def refresh(self) -> None:
-        """Renew the heartbeat (called at every commit)."""
+        """Renew the heartbeat (called at every commit). The file is replaced whole: a job killed while
+        writing it must leave a lock that names it, so that the job taking over marks its summary interrupted."""
         if self.held:
             self.owner["heartbeat"] = datetime.now(timezone.utc).isoformat()
-            self.fs.pipe(self.path, json.dumps(self.owner).encode())
+            data = json.dumps(self.owner).encode()
+            if isinstance(self.fs, LocalFileSystem):  # (writing in place truncates first; a rename is atomic)
+                staged = f"{self.path}.{os.getpid()}.tmp"
+                self.fs.pipe(staged, data)
+                os.replace(staged, self.path)
+            else:  # an object store's PUT replaces the object whole
+                self.fs.pipe(self.path, data)
 
     def release(self) -> None:
         holder = self._holder() if self.held and self.fs.exists(self.path) else None

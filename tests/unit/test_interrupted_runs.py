@@ -105,3 +105,25 @@ def test_a_live_pid_keeps_the_lock_only_if_it_is_the_same_process(
     else:
         with lock:
             assert lock.taken_over["run_id"] == "holder"
+
+
+def test_a_heartbeat_is_written_whole_so_a_job_killed_while_writing_it_is_still_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    lock = TableLock(str(tmp_path / "db"), "chunks", "writer")
+    lock.acquire()
+    path = tmp_path / "db" / "chunks.lateline-lock"
+    lock.refresh()
+    assert json.loads(path.read_text())["run_id"] == "writer"
+    assert [p.name for p in (tmp_path / "db").iterdir()] == ["chunks.lateline-lock"], "no staged file left"
+
+    def killed(*args: object) -> None:  # the job dies after staging the new heartbeat, before it replaces the lock
+        raise SystemExit(137)
+
+    before = path.read_text()
+    monkeypatch.setattr(os, "replace", killed)
+    with pytest.raises(SystemExit):
+        lock.refresh()
+    assert path.read_text() == before, "the lock still names the job (it used to be truncated, then written)"
