@@ -35,11 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     tables = list(args.tables)
     if args.unserved:
         # A table of this family another alias serves (promoted there with --table) is live: left alone.
-        live = served_tables(db)
-        others = [t for t in model_tables(db, sink.table) if t != serving and t in live]
+        live, family = served_tables(db, sink.table), model_tables(db, sink.table)
+        others = [t for t in family if t in live and t != serving]
         if others:
             print(f"not retiring {', '.join(repr(t) for t in others)}: served by another alias", file=sys.stderr)
-        tables += [t for t in model_tables(db, sink.table) if t != serving and t not in live and t not in tables]
+        tables += [t for t in family if t not in live and t not in tables]
     if not tables:
         if args.unserved:  # nothing left to clean up is a success, so a scheduled clean-up can run it blindly
             key = "would_drop" if args.dry_run else "dropped"
