@@ -17,7 +17,7 @@ from pipeline.compare import QueryFileError, compare_report, load_queries, sampl
 from pipeline.config import ConfigError
 from pipeline.runner import EXIT_CODES
 from pipeline.search import search
-from pipeline.sink import TableMismatch, connect, table_names
+from pipeline.sink import TableMismatch, connect, did_you_mean, table_names
 
 
 def parser() -> argparse.ArgumentParser:
@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     for flag, name in (("--old", old_name), ("--new", new_name)):
         if name not in table_names(db):
             hint = "build it with `lateline reembed`" if flag == "--new" else "run `lateline index`"
-            return fail(f"{flag}: no table {name!r} at {config.sink.uri!r}; {hint} or name another", "config")
+            where = f"{config.sink.uri!r}{did_you_mean(db, name)}"
+            return fail(f"{flag}: no table {name!r} at {where}; {hint} or name another", "config")
     old_table, new_table = db.open_table(old_name), db.open_table(new_name)
     try:
         queries = load_queries(args.queries) if args.queries else sampled_queries(old_table, args.sample)

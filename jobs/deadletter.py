@@ -9,7 +9,7 @@ import sys
 from jobs.common import config_arguments, fail, job_parser, load_or_exit, run_writing_job
 from pipeline.deadletters import dead_letter_table_name, read_dead_letters
 from pipeline.runner import EXIT_CODES, run_index
-from pipeline.sink import open_table
+from pipeline.sink import missing_table, open_table
 from pipeline.sources import list_uris
 
 SNIPPET_CHARS = 80
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     sink = config.sink
     names = (sink.table, dead_letter_table_name(sink.table))
     if all(open_table(sink.uri, name, sink.storage_options) is None for name in names):
-        return fail(f"sink.table: no table {sink.table!r} at {sink.uri!r}; run `lateline index` first", "config")
+        return fail(missing_table(sink.uri, sink.table, sink.storage_options), "config")
     letters = read_dead_letters(config.sink.uri, config.sink.table, config.sink.storage_options)
     if args.action == "list":
         return _list(letters.to_pylist(), args.json)

@@ -15,7 +15,7 @@ from jobs.common import config_arguments, fail, job_parser, parse
 from pipeline.aliases import AliasError, alias_state, check_retirable, model_tables, retire, served_tables
 from pipeline.lock import TableLocked
 from pipeline.runner import EXIT_CODES
-from pipeline.sink import connect, table_names
+from pipeline.sink import connect, did_you_mean, table_names
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     db = connect(sink.uri, sink.storage_options)
     serving = alias_state(db, sink.table).serving
     if serving not in table_names(db):  # a mistyped sink.table or sink.uri must not pass as "nothing to retire"
-        return fail(f"sink.table: no table {sink.table!r} at {sink.uri!r}", "config")
+        return fail(f"sink.table: no table {sink.table!r} at {sink.uri!r}{did_you_mean(db, sink.table)}", "config")
     tables = list(args.tables)
     if args.unserved:
         # A table of this family another alias serves (promoted there with --table) is live: left alone.

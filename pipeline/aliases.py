@@ -26,10 +26,11 @@ from pydantic import ValidationError
 
 from pipeline.config import ChunkingConfig, ConfigError, EmbeddingConfig, JobConfig, ModelConfig
 from pipeline.lock import TableLock
-from pipeline.sink import connect, read_table_record, table_names
+from pipeline.sink import HELPER_SUFFIXES as SINK_HELPER_SUFFIXES
+from pipeline.sink import connect, did_you_mean, read_table_record, table_names
 
 ALIAS_SUFFIX = "__alias"
-HELPER_SUFFIXES = (ALIAS_SUFFIX, "__deadletter", "__objects")
+HELPER_SUFFIXES = SINK_HELPER_SUFFIXES
 HISTORY_SCHEMA = pa.schema(
     [
         pa.field("seq", pa.int64()),
@@ -116,7 +117,8 @@ def promote(
     and runs ``check`` under it: any problems it returns abort the promote with :class:`AliasError`."""
     if table not in table_names(db):
         raise AliasError(
-            f"no table {table!r} at {uri!r} to promote (`lateline reembed --config <this config>` builds one; to "
+            f"no table {table!r} at {uri!r}{did_you_mean(db, table)} to promote (`lateline reembed --config <this "
+            "config>` builds one; to "
             f"serve the table that served before the last promote, use `lateline rollback`; or name one with --table)"
         )
     if table.endswith(HELPER_SUFFIXES):
@@ -269,7 +271,7 @@ def check_retirable(db: Any, uri: str, name: str, tables: list[str]) -> None:
     serving = served_tables(db, name)
     for table in tables:
         if table not in table_names(db):
-            raise AliasError(f"--table: no table {table!r} at {uri!r}")
+            raise AliasError(f"--table: no table {table!r} at {uri!r}{did_you_mean(db, table)}")
         if table.endswith(HELPER_SUFFIXES):
             raise AliasError(
                 f"--table: {table!r} is one of lateline's helper tables; it is dropped with the table it belongs to"

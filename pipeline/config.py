@@ -242,9 +242,10 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 
 
 def _scalar(value: str) -> Any:
-    """A ``--set`` value as YAML (numbers, booleans, lists); text YAML cannot parse (``*.jsonl``) stays text."""
-    if value == "":
-        return ""
+    """A ``--set`` value as YAML (numbers, booleans, lists); text YAML cannot parse (``*.jsonl``) stays text, and
+    so does an unquoted value holding a YAML comment (``query #1``, ``#1``), which YAML would cut off."""
+    if value == "" or value.startswith("#") or (" #" in value and value[:1] not in ("'", '"', "[", "{")):
+        return value
     try:
         return yaml.safe_load(value)
     except yaml.YAMLError:
@@ -255,7 +256,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> JobConf
     """Read YAML, apply overrides, validate. Raises :class:`ConfigError` with one line per problem."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        with path.open(encoding="utf-8") as stream:  # a stream, not a string: YAML's errors then name the file
+            raw = yaml.safe_load(stream) or {}
     except FileNotFoundError:
         raise ConfigError(f"--config: no such file ({str(path)!r})") from None
     except IsADirectoryError:
@@ -266,7 +268,25 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> JobConf
         raise ConfigError(f"--config: {path} is not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"--config: {path} must hold a mapping (got {type(raw).__name__})")
-    return parse_config(apply_overrides(raw, overrides or []))
+    overrides = overrides or []
+    try:
+        return parse_config(apply_overrides(raw, overrides))
+    except ConfigError as exc:
+        raise ConfigError(str(exc) + _quoting_hints(str(exc), overrides)) from None
+
+
+def _quoting_hints(message: str, overrides: list[str]) -> str:
+    """Lines for the ``--set`` values that YAML read as a mapping (``passage: `` holds ``': '``) where the
+    error ``message`` names their key: the user meant text and must quote it."""
+    hints = []
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if isinstance(_scalar(value), dict) and not value.lstrip().startswith("{") and f"{key}:" in message:
+            quoted = value.replace('"', '\\"')
+            hints.append(
+                f"\n{key}: --set values are YAML, where ': ' makes a mapping; quote text: --set '{key}=\"{quoted}\"'"
+            )
+    return "".join(hints)
 
 
 def parse_config(raw: dict[str, Any]) -> JobConfig:

@@ -17,7 +17,7 @@ from pipeline import schema
 from pipeline.config import JobConfig
 from pipeline.lock import TableLock
 from pipeline.runner import new_run_id
-from pipeline.sink import open_table
+from pipeline.sink import missing_table, open_table
 
 ANN_INDEX_TYPES = {"ivf_pq": "IVF_PQ", "hnsw": "IVF_HNSW_SQ"}
 
@@ -54,7 +54,7 @@ def maintain(config: JobConfig) -> dict[str, Any]:
     sink, settings = config.sink, config.maintain
     table = open_table(sink.uri, sink.table, sink.storage_options)
     if table is None:
-        raise NothingToMaintain(f"sink.table: no table {sink.table!r} at {sink.uri!r}; run `lateline index` first")
+        raise NothingToMaintain(missing_table(sink.uri, sink.table, sink.storage_options))
     with TableLock(sink.uri, sink.table, new_run_id(), sink.storage_options):
         before = table_shape(table)
         actions = []

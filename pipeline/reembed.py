@@ -38,7 +38,15 @@ from pipeline.known import KnownDocuments
 from pipeline.lock import TableLock
 from pipeline.manifest import ObjectManifest, object_digest
 from pipeline.model import ModelIdentity
-from pipeline.sink import LanceSink, connect, read_table_record, recorded_sections, sql_list, table_names
+from pipeline.sink import (
+    LanceSink,
+    connect,
+    did_you_mean,
+    read_table_record,
+    recorded_sections,
+    sql_list,
+    table_names,
+)
 from pipeline.sources import fingerprinted
 from pipeline.stages import Stopwatch, report, resolve_known
 
@@ -190,7 +198,10 @@ def open_source(config: JobConfig, source: str | None) -> tuple[str, Any, dict[s
     name = serving_table(db, source or config.sink.table)
     if name not in table_names(db):
         where = "--from" if source else "sink.table"
-        raise ReembedError(f"{where}: no table {name!r} at {config.sink.uri!r} to re-embed; run `lateline index`")
+        raise ReembedError(
+            f"{where}: no table {name!r} at {config.sink.uri!r}{did_you_mean(db, name)} to re-embed; "
+            "run `lateline index`"
+        )
     table = db.open_table(name)
     record = read_table_record(table)
     if record is None:

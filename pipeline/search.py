@@ -19,7 +19,7 @@ from pipeline import schema
 from pipeline.config import JobConfig
 from pipeline.embedding import embed_queries
 from pipeline.model import load_model
-from pipeline.sink import check_model, open_table, read_table_record
+from pipeline.sink import check_model, missing_table, open_table, read_table_record
 
 BY_DOCUMENT_OVERSAMPLE = 10
 REFINE_FACTOR = 10  # ANN candidates per hit, re-ranked by exact cosine on the stored vectors
@@ -50,9 +50,7 @@ def search(
     the ``k * chunks_per_doc`` best chunks) per query."""
     table = open_table(config.sink.uri, config.sink.table, config.sink.storage_options)
     if table is None:
-        raise TableNotFound(
-            f"sink.table: no table {config.sink.table!r} at {config.sink.uri!r}; run `lateline index` first"
-        )
+        raise TableNotFound(missing_table(config.sink.uri, config.sink.table, config.sink.storage_options))
     model = load_model(config.model, config.embedding.document_prefix)
     check_model(config.sink.table, read_table_record(table), model.identity)
     vectors = embed_queries(model, queries, config.embedding.query_prefix)

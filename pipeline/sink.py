@@ -19,6 +19,8 @@ Contract:
 
 from __future__ import annotations
 
+import contextlib
+import difflib
 import json
 import time
 from collections import defaultdict
@@ -243,9 +245,34 @@ def open_table(uri: str, name: str, storage_options: dict[str, Any] | None = Non
     return db.open_table(name) if name in table_names(db) else None
 
 
+def missing_table(uri: str, name: str, storage_options: dict[str, Any] | None = None) -> str:
+    """The message for ``sink.table`` naming no table at ``uri``, with the closest table's name when there is
+    one. Creates nothing."""
+    hint = ""
+    if "://" in uri or Path(uri).expanduser().exists():
+        with contextlib.suppress(Exception):  # only a hint: the message must come out whatever the store says
+            hint = did_you_mean(connect(uri, storage_options), name)
+    return f"sink.table: no table {name!r} at {uri!r}{hint}; run `lateline index` first"
+
+
+# Tables lateline keeps beside a table of vectors (its alias history, dead letters and object manifest).
+HELPER_SUFFIXES = ("__alias", "__deadletter", "__objects")
+
+
 def table_names(db: Any) -> list[str]:
     listing = db.list_tables() if hasattr(db, "list_tables") else db.table_names()
     return list(getattr(listing, "tables", listing))
+
+
+def did_you_mean(db: Any, name: str) -> str:
+    """`` (did you mean 'chunks'?)`` naming the table of vectors at ``db`` closest to a mistyped ``name`` (helper
+    tables left out), else ``""``. Never raises: it only decorates an error message."""
+    try:
+        tables = [t for t in table_names(db) if not t.endswith(HELPER_SUFFIXES)]
+    except Exception:
+        return ""
+    close = difflib.get_close_matches(name, tables, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def sql_list(values: list[str]) -> str:

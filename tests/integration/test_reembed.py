@@ -175,7 +175,7 @@ def test_reembed_promote_rollback_and_never_two_models_in_a_table(
     assert json.loads(out.out)["dropped"] == [] and "nothing to retire" in out.err
     # ... but a mistyped table is not "nothing to retire".
     assert retire_job.main(["--config", str(old_config), "--unserved", "--set", "sink.table=chunkz"]) == 2
-    assert "no table 'chunkz'" in capsys.readouterr().err
+    assert "no table 'chunkz'" in (err := capsys.readouterr().err) and "(did you mean 'chunks'?)" in err
 
 
 def test_writing_or_searching_with_another_model_is_refused_with_how_to_reembed(

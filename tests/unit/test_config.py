@@ -173,11 +173,43 @@ def test_a_directory_given_as_config_gives_config_error(tmp_path: Path) -> None:
         load_config(tmp_path)
 
 
-def test_invalid_yaml_gives_config_error(tmp_path: Path) -> None:
+def test_invalid_yaml_gives_config_error_naming_the_file_and_line(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text("source: {uri: data\n  format: [jsonl\n")
-    with pytest.raises(ConfigError, match="not valid YAML"):
+    with pytest.raises(ConfigError, match="not valid YAML") as info:
         load_config(path)
+    assert f'in "{path}", line 2' in str(info.value) and "<unicode string>" not in str(info.value)
+
+
+@pytest.mark.parametrize("value", ["query #1", "#1", "a # b"])
+def test_an_override_holding_a_yaml_comment_is_taken_as_text(value: str) -> None:
+    raw = apply_overrides({}, [f"embedding.query_prefix={value}"])
+    assert raw["embedding"]["query_prefix"] == value
+
+
+def test_a_quoted_override_is_still_yaml() -> None:
+    raw = apply_overrides({}, ['embedding.query_prefix="query: #1"', "chunking.size=64"])
+    assert raw["embedding"]["query_prefix"] == "query: #1" and raw["chunking"]["size"] == 64
+
+
+def test_an_override_that_yaml_reads_as_a_mapping_gets_a_quoting_hint(tmp_path: Path) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text("source: {uri: data, format: jsonl}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, ["embedding.document_prefix=passage: "])
+    lines = str(info.value).splitlines()
+    assert lines[0].startswith("embedding.document_prefix: Input should be a valid string")
+    assert lines[1] == (
+        "embedding.document_prefix: --set values are YAML, where ': ' makes a mapping; quote text: "
+        "--set 'embedding.document_prefix=\"passage: \"'"
+    )
+    # The quoted form the hint suggests is accepted as the text it quotes.
+    config = load_config(path, ['embedding.document_prefix="passage: "'])
+    assert config.embedding.document_prefix == "passage: "
+    # A flow mapping given on purpose gets no such hint.
+    with pytest.raises(ConfigError) as info:
+        load_config(path, ["embedding.document_prefix={a: 1}"])
+    assert "quote text" not in str(info.value)
 
 
 def test_yaml_that_is_not_a_mapping_gives_config_error(tmp_path: Path) -> None:
