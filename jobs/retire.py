@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         return fail("name tables with --table, or pass --unserved", "config")
     try:
         if args.dry_run:
-            check_retirable(db, sink.uri, sink.table, tables)
+            check_retirable(db, sink.uri, sink.table, tables, sink.storage_options)
             print(json.dumps({"alias": sink.table, "serving": serving, "would_drop": tables}, indent=2))
             return EXIT_CODES["ok"]
         dropped = retire(db, sink.uri, sink.table, tables, sink.storage_options)

@@ -25,7 +25,7 @@ import pyarrow as pa
 from pydantic import ValidationError
 
 from pipeline.config import ChunkingConfig, ConfigError, EmbeddingConfig, JobConfig, ModelConfig
-from pipeline.lock import TableLock
+from pipeline.lock import TableLock, TableLocked
 from pipeline.sink import HELPER_SUFFIXES as SINK_HELPER_SUFFIXES
 from pipeline.sink import connect, did_you_mean, read_table_record, table_names
 
@@ -265,9 +265,12 @@ def promotion_problems(db: Any, uri: str, name: str, table: str) -> list[tuple[s
     return problems
 
 
-def check_retirable(db: Any, uri: str, name: str, tables: list[str]) -> None:
+def check_retirable(
+    db: Any, uri: str, name: str, tables: list[str], storage_options: dict[str, Any] | None = None
+) -> None:
     """Raise :class:`AliasError` unless every one of ``tables`` exists, is a table of vectors (a helper table
-    goes with its table) and is not what the alias ``name``, or any other alias, serves."""
+    goes with its table) and is not what the alias ``name``, or any other alias, serves; :class:`TableLocked`
+    when a job is writing one of them (checked for all before any is dropped, and by a dry run alike)."""
     serving = served_tables(db, name)
     for table in tables:
         if table not in table_names(db):
@@ -278,12 +281,17 @@ def check_retirable(db: Any, uri: str, name: str, tables: list[str]) -> None:
             )
         if table in serving:
             raise AliasError(f"table {table!r} is what alias {serving[table]!r} serves; promote or roll back first")
+    for table in tables:
+        try:
+            TableLock(uri, table, "retire-check", storage_options).refuse_if_held()
+        except TableLocked as exc:
+            raise TableLocked(f"{table!r} cannot be retired: {exc}") from None
 
 
 def retire(db: Any, uri: str, name: str, tables: list[str], storage_options: dict | None = None) -> list[str]:
     """Drop ``tables`` of the alias ``name`` with their dead-letter and manifest tables (each under its writer
     lock); returns them. The serving table is refused with :class:`AliasError` (see :func:`check_retirable`)."""
-    check_retirable(db, uri, name, tables)
+    check_retirable(db, uri, name, tables, storage_options)
     for table in tables:
         with TableLock(uri, table, f"retire-{table}", storage_options):
             for helper in ("", "__deadletter", "__objects"):

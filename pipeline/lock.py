@@ -11,6 +11,7 @@ exclusive create, the check is best-effort (read-then-write).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -70,6 +71,15 @@ class TableLock:
         except (ValueError, NotImplementedError):  # no exclusive create on this filesystem
             self.fs.pipe(self.path, json.dumps(self.owner).encode())
         self.held = True
+        self._remove_stale_heartbeats()
+
+    def _remove_stale_heartbeats(self) -> None:
+        """Drop heartbeats a job staged (see :meth:`refresh`) and never renamed because it was killed in between:
+        whoever staged them is dead now that this job holds the lock."""
+        if isinstance(self.fs, LocalFileSystem):
+            for staged in self.fs.glob(f"{self.path}.*.tmp"):
+                with contextlib.suppress(OSError):  # tidying only; the lock is held either way
+                    self.fs.rm(staged)
 
     def refresh(self) -> None:
         """Renew the heartbeat (called at every commit). The file is replaced whole: a job killed while

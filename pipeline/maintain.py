@@ -10,16 +10,21 @@ Safe to run while nothing writes the table; it takes the table lock like the wri
 
 from __future__ import annotations
 
+import warnings
 from datetime import timedelta
 from typing import Any
+
+from lancedb.index import FTS, BTree, HnswSq, IvfPq
 
 from pipeline import schema
 from pipeline.config import JobConfig
 from pipeline.lock import TableLock
-from pipeline.runner import new_run_id
+from pipeline.runner import log, new_run_id
 from pipeline.sink import missing_table, open_table
 
-ANN_INDEX_TYPES = {"ivf_pq": "IVF_PQ", "hnsw": "IVF_HNSW_SQ"}
+# The index builders of ``maintain.ann_index`` (LanceDB's index configs; ``hnsw`` is HNSW over IVF partitions,
+# scalar-quantised).
+ANN_INDEXES = {"ivf_pq": IvfPq, "hnsw": HnswSq}
 
 
 class NothingToMaintain(RuntimeError):
@@ -55,20 +60,24 @@ def maintain(config: JobConfig) -> dict[str, Any]:
     table = open_table(sink.uri, sink.table, sink.storage_options)
     if table is None:
         raise NothingToMaintain(missing_table(sink.uri, sink.table, sink.storage_options))
-    with TableLock(sink.uri, sink.table, new_run_id(), sink.storage_options):
+    with TableLock(sink.uri, sink.table, new_run_id(), sink.storage_options), warnings.catch_warnings():
+        # Lance's warning names its own argument (cleanup_older_than); the line below names lateline's key.
+        warnings.filterwarnings("ignore", message=r".*removes every version except the latest", category=UserWarning)
+        if settings.compact and settings.retain_versions_hours == 0:
+            log(
+                "maintain: maintain.retain_versions_hours is 0, so every version but the latest is removed: a "
+                "search or job reading an older version at this moment fails, and no version is left to go back to"
+            )
         before = table_shape(table)
         actions = []
         if settings.compact:
             table.optimize(cleanup_older_than=timedelta(hours=settings.retain_versions_hours))
             actions.append(compaction_action(before["fragments"], fragment_count(table)))
-        table.create_scalar_index(schema.CHUNK_ID, replace=True)
+        table.create_index(schema.CHUNK_ID, config=BTree(), replace=True)
         actions.append("chunk_id index")
         if settings.ann_index != "none" and before["rows"] >= settings.ann_min_rows:
             table.create_index(
-                metric="cosine",
-                vector_column_name=schema.VECTOR,
-                replace=True,
-                index_type=ANN_INDEX_TYPES[settings.ann_index],
+                schema.VECTOR, config=ANN_INDEXES[settings.ann_index](distance_type="cosine"), replace=True
             )
             actions.append(f"{settings.ann_index} vector index")
         elif settings.ann_index != "none":  # said, so that a missing index is not a surprise
@@ -77,8 +86,8 @@ def maintain(config: JobConfig) -> dict[str, Any]:
                 "(search scans every vector, exact and fast at this size)"
             )
         if settings.fts:
-            table.create_fts_index(schema.TEXT, replace=True)
+            table.create_index(schema.TEXT, config=FTS(), replace=True)
             actions.append("text full-text index")
         if settings.compact:  # drop the versions the index builds just made, within the retention rule
-            table.cleanup_old_versions(older_than=timedelta(hours=settings.retain_versions_hours))
+            table.optimize(cleanup_older_than=timedelta(hours=settings.retain_versions_hours))
         return {"table": sink.table, "actions": actions, "before": before, "after": table_shape(table)}

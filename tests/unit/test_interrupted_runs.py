@@ -127,3 +127,12 @@ def test_a_heartbeat_is_written_whole_so_a_job_killed_while_writing_it_is_still_
     with pytest.raises(SystemExit):
         lock.refresh()
     assert path.read_text() == before, "the lock still names the job (it used to be truncated, then written)"
+    staged = tmp_path / "db" / f"chunks.lateline-lock.{os.getpid()}.tmp"
+    assert staged.exists()
+    monkeypatch.undo()
+    # The next job takes the lock (the holder is dead) and tidies the heartbeat the killed job staged.
+    lock.held = False
+    (tmp_path / "db" / "chunks.lateline-lock").write_text(json.dumps(lock.owner | {"pid": 2**22 + 1}))
+    with TableLock(str(tmp_path / "db"), "chunks", "next") as taker:
+        assert taker.taken_over["run_id"] == "writer"
+        assert not staged.exists(), "the staged heartbeat of a killed job is removed by the job taking over"

@@ -80,6 +80,30 @@ def test_retire_refuses_helper_tables_and_what_any_alias_serves_and_promote_what
             check_retirable(db, str(tmp_path), "chunks", [helper])
 
 
+def test_retire_checks_every_lock_before_it_drops_anything_and_its_dry_run_alike(tmp_path: Path, capsys) -> None:
+    import lancedb
+    import yaml
+
+    from jobs import retire as retire_job
+    from pipeline.lock import TableLock
+
+    db = lancedb.connect(str(tmp_path / "db"))
+    for name in ("chunks", "chunks__a", "chunks__b"):
+        db.create_table(name, pa.table({"x": [1]}))
+    config = tmp_path / "job.yaml"
+    config.write_text(
+        yaml.safe_dump({"source": {"uri": "x", "format": "jsonl"}, "sink": {"uri": str(tmp_path / "db")}})
+    )
+    with TableLock(str(tmp_path / "db"), "chunks__b", "reembed-run"):  # a job is writing chunks__b
+        for extra in (["--dry-run"], []):
+            assert retire_job.main(["--config", str(config), "--unserved", *extra]) == 4
+            err = capsys.readouterr().err
+            assert "'chunks__b' cannot be retired: table is being written by run reembed-run" in err
+        assert sorted(db.table_names()) == ["chunks", "chunks__a", "chunks__b"], "nothing dropped, not even chunks__a"
+    assert retire_job.main(["--config", str(config), "--unserved"]) == 0
+    assert db.table_names() == ["chunks"]
+
+
 def test_retire_unserved_leaves_a_table_of_its_family_that_another_alias_serves(tmp_path: Path, capsys) -> None:
     import lancedb
     import yaml
