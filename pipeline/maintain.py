@@ -89,5 +89,6 @@ def maintain(config: JobConfig) -> dict[str, Any]:
             table.create_index(schema.TEXT, config=FTS(), replace=True)
             actions.append("text full-text index")
         if settings.compact:  # drop the versions the index builds just made, within the retention rule
-            table.optimize(cleanup_older_than=timedelta(hours=settings.retain_versions_hours))
+            # Lance's own cleanup: LanceDB's optimize() would also update the indexes, a new version after it.
+            table.to_lance().cleanup_old_versions(older_than=timedelta(hours=settings.retain_versions_hours))
         return {"table": sink.table, "actions": actions, "before": before, "after": table_shape(table)}
