@@ -15,6 +15,7 @@ from jobs.promote import default_table
 from pipeline.aliases import pointed_at, serving_table
 from pipeline.compare import QueryFileError, compare_report, load_queries, sample_queries, table_side, write_report
 from pipeline.config import ConfigError
+from pipeline.lock import TableLock
 from pipeline.runner import EXIT_CODES
 from pipeline.search import search
 from pipeline.sink import TableMismatch, connect, did_you_mean, table_names
@@ -63,6 +64,14 @@ def main(argv: list[str] | None = None) -> int:
             hint = "build it with `lateline reembed`" if flag == "--new" else "run `lateline index`"
             where = f"{config.sink.uri!r}{did_you_mean(db, name)}"
             return fail(f"{flag}: no table {name!r} at {where}; {hint} or name another", "config")
+    for name in (old_name, new_name):
+        holder = TableLock(config.sink.uri, name, "compare", config.sink.storage_options).live_holder()
+        if holder is not None:  # said, not refused: comparing a re-embed while it runs is a fair preview
+            print(
+                f"compare: {name!r} is being written by run {holder.get('run_id')} (pid {holder.get('pid')}); "
+                "this report shows it as it is now: compare again when that job has finished",
+                file=sys.stderr,
+            )
     old_table, new_table = db.open_table(old_name), db.open_table(new_name)
     try:
         queries = load_queries(args.queries) if args.queries else sampled_queries(old_table, args.sample)

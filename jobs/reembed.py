@@ -11,7 +11,10 @@ import argparse
 import sys
 
 from jobs.common import config_arguments, fail, job_parser, parse, run_writing_job
+from pipeline.aliases import in_family, served_tables
+from pipeline.config import JobConfig
 from pipeline.reembed import run_reembed
+from pipeline.sink import connect
 
 
 def parser() -> argparse.ArgumentParser:
@@ -44,18 +47,27 @@ def main(argv: list[str] | None = None) -> int:
 
     def work() -> dict:
         summary = run_reembed(config, args.source, args.target, args.limit)
-        table = summary["table"]["name"]
         if args.limit is not None:  # a trial: promote refuses an incomplete table
             print(f"next: a trial of {args.limit} documents; run it again without --limit to finish", file=sys.stderr)
             return summary
-        print(
-            f"next: lateline compare --config {args.config} --new {table}; then lateline promote --config "
-            f"{args.config} --table {table}",
-            file=sys.stderr,
-        )
+        print(next_steps(args.config, config, args.source, summary), file=sys.stderr)
         return summary
 
     return run_writing_job("reembed", work)
+
+
+def next_steps(config_path: str, config: JobConfig, source: str | None, summary: dict) -> str:
+    """The compare and promote commands for the table just built. They act on ``sink.table``'s alias, unless
+    ``--from`` named a table outside it: then on the alias serving that table (or that table's own name)."""
+    table, alias = summary["table"]["name"], config.sink.table
+    if source and not in_family(source, config.sink.table):
+        served = served_tables(connect(config.sink.uri, config.sink.storage_options))
+        alias = served.get(summary["source"]["table"], source)
+    other = "" if alias == config.sink.table else f" --set sink.table={alias}"
+    return (
+        f"next: lateline compare --config {config_path}{other} --new {table}; then lateline promote --config "
+        f"{config_path}{other} --table {table}"
+    )
 
 
 if __name__ == "__main__":

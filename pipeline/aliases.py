@@ -150,6 +150,10 @@ def rollback(db: Any, uri: str, name: str, note: str = "", storage_options: dict
         previous = state.stack[-2]
         if previous not in table_names(db):
             raise AliasError(f"alias {name!r} would roll back to {previous!r}, which no longer exists")
+        try:  # a table being written (a re-embed resumed into it) is not served: searches would see it change
+            TableLock(uri, previous, "rollback-check", storage_options).refuse_if_held()
+        except TableLocked as exc:
+            raise TableLocked(f"alias {name!r} would roll back to {previous!r}, but that {exc}") from None
         _append(db, name, [_row(_next_seq(state), "rollback", previous, note)])
         return alias_state(db, name)
 

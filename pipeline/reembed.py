@@ -32,8 +32,8 @@ from pipeline.aliases import in_family, served_tables, serving_table
 from pipeline.chunking import rebuild_text
 from pipeline.config import JobConfig
 from pipeline.deadletters import DeadLetterLog, carry_dead_letters
-from pipeline.docids import FingerprintIndex
-from pipeline.fingerprint import settings_digest
+from pipeline.docids import DocIdSet, FingerprintIndex
+from pipeline.fingerprint import document_fingerprint, settings_digest
 from pipeline.known import KnownDocuments
 from pipeline.lock import TableLock
 from pipeline.manifest import ObjectManifest, object_digest
@@ -290,14 +290,23 @@ def _execute(
         f"{config.sink.table} ({len(known):,} documents there) with {context.identity.label}"
     )
 
+    # Stored fragments are not source objects, so the resume map goes whole to each reader: as NumPy arrays,
+    # which the readers on a node share from the object store instead of each unpickling a dict.
+    fingerprints = FingerprintIndex((doc, fingerprint) for doc, (fingerprint, _) in known.items())
+    done = None if context.limit is not None else stored_documents_done(stored, digest, fingerprints)
+    if done is not None:
+        tally.unchanged.update(done)
+        runner.log(
+            f"reembed: {config.sink.table} already holds all {len(done):,} documents of {source} with these "
+            "settings; nothing to embed (Ray not started)"
+        )
+
     def build(actors: Any, stats: Any) -> Any:
         import ray
 
         from pipeline.plan import build_reembed_dataset
 
-        # Stored fragments are not source objects, so the resume map goes whole to each reader: as NumPy arrays,
-        # which the readers on a node share from the object store instead of each unpickling a dict.
-        known_ref = ray.put(FingerprintIndex((doc, fingerprint) for doc, (fingerprint, _) in known.items()))
+        known_ref = ray.put(fingerprints)
         return build_reembed_dataset(config, stored, fragments, digest, actors, stats, known_ref, context.limit)
 
     def finish(outcome: dict[str, Any]) -> None:
@@ -314,6 +323,25 @@ def _execute(
         "fragments": len(fragments),
         "kept_chunks": stored.keep_spans,
     }
-    return runner.execute_job(
-        context, sink, dead_letters, tally, build if fragments else None, finish, started_at, summary_source
-    )
+    plan = build if fragments and done is None else None
+    return runner.execute_job(context, sink, dead_letters, tally, plan, finish, started_at, summary_source)
+
+
+def stored_documents_done(stored: StoredTable, digest: str, known: FingerprintIndex) -> DocIdSet | None:
+    """The ids of the stored table's documents when ``known`` (the target's ``doc_id -> fingerprint``) holds
+    every one of them with the fingerprint this re-embed would give it (content hash and ``digest``): then there
+    is nothing to embed, and Ray need not start. ``None`` at the first document missing or different, or one
+    without a stored content hash. Reads only the pinned version's first chunks' ids and content hashes."""
+    if not len(known):
+        return None
+    import lance
+
+    dataset = lance.dataset(stored.uri, version=stored.version, storage_options=stored.storage_options or None)
+    batches = dataset.to_batches(columns=[schema.DOC_ID, schema.CONTENT_SHA256], filter=f"{schema.CHUNK_INDEX} = 0")
+    done = DocIdSet()
+    for batch in batches:
+        for doc_id, content in zip(batch[schema.DOC_ID].to_pylist(), batch[schema.CONTENT_SHA256].to_pylist()):
+            if content is None or known.get(doc_id) != document_fingerprint(content, digest):
+                return None
+            done.add(doc_id)
+    return done

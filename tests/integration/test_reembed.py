@@ -100,6 +100,15 @@ def test_reembed_promote_rollback_and_never_two_models_in_a_table(
     assert reembed_job.main(["--config", str(new_config)]) == 0
     resumed = _summary(tmp_path)["counts"]
     assert resumed["docs_skipped_unchanged"] == 3 and resumed["docs_written"] == len(DOCS) - 3
+    # Run again once complete, it finds every document there with these settings before starting Ray.
+    version = lancedb.connect(str(tmp_path / "db")).open_table(new_name).version
+    capsys.readouterr()
+    assert reembed_job.main(["--config", str(new_config)]) == 0
+    assert "nothing to embed (Ray not started)" in capsys.readouterr().err
+    again = _summary(tmp_path)
+    assert again["counts"]["docs_skipped_unchanged"] == len(DOCS) and again["counts"]["docs_written"] == 0
+    assert again["table"]["name"] == new_name and again["counts"]["docs_deleted"] == 0
+    assert lancedb.connect(str(tmp_path / "db")).open_table(new_name).version == version, "nothing written"
 
     new = _table(tmp_path, new_name)
     assert len(set(old[schema.MODEL].to_pylist())) == 1 and len(set(new[schema.MODEL].to_pylist())) == 1
@@ -204,6 +213,9 @@ def test_promote_refuses_an_incomplete_table(ray_session, tmp_path: Path, corpus
     new_name = _summary(tmp_path)["table"]["name"]
     with TableLock(str(tmp_path / "db"), new_name, "a-running-reembed"):  # a job still writing it
         assert promote_job.main(["--config", str(new_config), "--force"]) == 4
+        capsys.readouterr()
+        compare_job.main(["--config", str(new_config), "--sample", "3", "--out", str(tmp_path / "cmp")])
+        assert f"compare: {new_name!r} is being written by run a-running-reembed" in capsys.readouterr().err
     assert promote_job.main(["--config", str(new_config), "--force"]) == 0
     assert follow(load_config(old_config))[0].sink.table == new_name
     # An alias serving a table someone dropped is an error that says what to do, not a silent new table.

@@ -104,6 +104,55 @@ def test_retire_checks_every_lock_before_it_drops_anything_and_its_dry_run_alike
     assert db.table_names() == ["chunks"]
 
 
+def test_rollback_refuses_to_serve_a_table_a_job_is_writing(tmp_path: Path) -> None:
+    import lancedb
+
+    from pipeline.aliases import promote, rollback, serving_table
+    from pipeline.lock import TableLock, TableLocked
+
+    db = lancedb.connect(str(tmp_path))
+    for name in ("chunks", "chunks__new"):
+        db.create_table(name, pa.table({"x": [1]}))
+    promote(db, str(tmp_path), "chunks", "chunks__new")
+    with TableLock(str(tmp_path), "chunks", "a-writer"):
+        with pytest.raises(
+            TableLocked, match="would roll back to 'chunks', but that table is being written by run a-writer"
+        ):
+            rollback(db, str(tmp_path), "chunks")
+        assert serving_table(db, "chunks") == "chunks__new"
+    assert rollback(db, str(tmp_path), "chunks").serving == "chunks"
+
+
+@pytest.mark.parametrize(
+    ("source", "served_source", "expected"),
+    [
+        (None, "chunks", ""),  # sink.table's own alias
+        ("chunks__old", "chunks__old", ""),  # a table of sink.table's family: the same alias
+        ("docs", "docs", " --set sink.table=docs"),  # another table, no alias: its own name
+        ("docs", "docs__v2", " --set sink.table=docs"),  # the alias docs, which serves docs__v2
+    ],
+)
+def test_the_next_steps_after_a_reembed_name_the_alias_of_the_table_it_came_from(
+    tmp_path: Path, source: str | None, served_source: str, expected: str
+) -> None:
+    import lancedb
+
+    from jobs.reembed import next_steps
+    from pipeline.aliases import promote
+    from pipeline.config import parse_config
+
+    db = lancedb.connect(str(tmp_path))
+    for name in ("chunks", "docs", "docs__v2"):
+        db.create_table(name, pa.table({"x": [1]}))
+    promote(db, str(tmp_path), "docs", "docs__v2")
+    config = parse_config({"source": {"uri": "x", "format": "jsonl"}, "sink": {"uri": str(tmp_path)}})
+    summary = {"table": {"name": "t__m-1234abcd"}, "source": {"table": served_source}}
+    assert next_steps("new.yaml", config, source, summary) == (
+        f"next: lateline compare --config new.yaml{expected} --new t__m-1234abcd; then lateline promote --config "
+        f"new.yaml{expected} --table t__m-1234abcd"
+    )
+
+
 def test_retire_unserved_leaves_a_table_of_its_family_that_another_alias_serves(tmp_path: Path, capsys) -> None:
     import lancedb
     import yaml
