@@ -115,8 +115,11 @@ READER_VERSION = "readers@v1"
 
 def object_digest(settings_digest: str, source: SourceConfig) -> str:
     """What an object's manifest entry must match besides the object itself: the embedding settings' digest,
-    the :data:`READING_SETTINGS` of ``source`` and :data:`READER_VERSION`."""
+    the :data:`READING_SETTINGS` of ``source`` and :data:`READER_VERSION`; for ``text``, also ``source.uri``,
+    since a text file's document id is its path relative to it."""
     reading = {name: getattr(source, name) for name in READING_SETTINGS} | {"reader": READER_VERSION}
+    if source.format == "text":  # a new root renames every document: unchanged files must be read again
+        reading["root"] = source.uri.rstrip("/")
     key = json.dumps({"settings": settings_digest, "reading": reading}, sort_keys=True, default=list)
     return hashlib.sha256(key.encode()).hexdigest()
 

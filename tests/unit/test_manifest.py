@@ -67,6 +67,11 @@ def test_settings_that_change_what_an_object_yields_change_its_key_and_others_do
     monkeypatch.undo()
     for same_documents in ({"read_batch_docs": 10}, {"include": ("*.jsonl",)}, {"storage_options": {"k": "v"}}):
         assert object_digest("d", source.model_copy(update=same_documents)) == key, same_documents
+    assert object_digest("d", source.model_copy(update={"uri": "s3://b/sub/"})) == key, "records name their ids"
+    # A text file's id is its path below source.uri: another root names its documents otherwise.
+    text = SourceConfig(uri="s3://b/docs/", format="text")
+    assert object_digest("d", text.model_copy(update={"uri": "s3://b/docs"})) == object_digest("d", text)
+    assert object_digest("d", text.model_copy(update={"uri": "s3://b/docs/guide/"})) != object_digest("d", text)
 
 
 def test_forget_deletes_just_the_named_objects_whatever_their_characters(tmp_path) -> None:
