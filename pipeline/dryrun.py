@@ -73,7 +73,8 @@ def dry_run(config: JobConfig) -> dict[str, Any]:
         "estimated_docs": round(docs),
         "estimated_tokens": round(tokens),
         "estimated_unchanged_fraction": round(sample["unchanged"] / sample["docs"], 3) if sample["docs"] else None,
-        "estimated_bad_records": dict(sample["bad"]),
+        "sampled_bad_records": dict(sample["bad"]),
+        "estimated_bad_records": {reason: round(count * scale) for reason, count in sample["bad"].items()},
         "tokens_per_s": round(throughput, 1),
         "throughput_basis": basis,
         "estimated_seconds": round(to_embed / throughput + (fixed_s if reads else 0), 1) if throughput else None,
@@ -107,6 +108,7 @@ def _sample(objects: list, config: JobConfig, digest: str, known: KnownDocuments
         "text_bytes": 0,
         "bad": Counter(),
         "texts": [],
+        "ids": set(),  # the sample's document ids: a repeat is dead-lettered as duplicate_doc_id, as in a run
     }
     for obj, row in zip(chosen, objects_table(chosen, known).to_pylist()):
         complete = True
@@ -128,6 +130,10 @@ def _count(doc: dict[str, Any], totals: dict[str, Any], backend: Any, text: str 
     if doc[schema.ERROR] not in (None, schema.UNCHANGED):
         totals["bad"][doc[schema.ERROR]] += 1
         return
+    if doc[schema.DOC_ID] in totals["ids"]:
+        totals["bad"]["duplicate_doc_id"] += 1
+        return
+    totals["ids"].add(doc[schema.DOC_ID])
     tokens = len(backend.encode(text, add_special_tokens=False).ids)
     totals["tokens"] += tokens
     totals["text_bytes"] += len(text.encode("utf-8"))

@@ -60,6 +60,7 @@ def test_dry_run_estimates_without_writing_then_sees_the_unchanged_corpus(
     out, err = capsys.readouterr()
     wrong = json.loads(out)
     assert wrong["objects_to_read"] == 1 and wrong["estimated_seconds"] > 0, "start-up counts: Ray would start"
+    assert wrong["sampled_bad_records"] == wrong["estimated_bad_records"] == {"missing_text": 60}
     assert "every one of the 60 sampled records would be dead-lettered" in err
     assert "source.text_field='body'" in err and wrong["warnings"]
 
@@ -73,3 +74,18 @@ def test_dry_run_estimates_without_writing_then_sees_the_unchanged_corpus(
             assert code == 0, err
         else:
             assert code == 2 and "chunking.size: table 256, this job 64" in err
+
+
+def test_dry_run_counts_the_records_a_run_would_dead_letter_in_the_sample_and_scales_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    records = [{"id": "a", "text": "one"}, {"id": "b", "text": "two"}, {"id": "a", "text": "again"}, {"id": "c"}]
+    (src / "part.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
+    config = tmp_path / "job.yaml"
+    config.write_text(yaml.safe_dump({"source": {"uri": str(src), "format": "jsonl"}, "sink": {"uri": str(tmp_path)}}))
+    estimate = _estimate(config, capsys)
+    assert estimate["sampled_docs"] == 4 and estimate["estimated_docs"] == 4
+    assert estimate["sampled_bad_records"] == {"duplicate_doc_id": 1, "missing_text": 1}
+    assert estimate["estimated_bad_records"] == estimate["sampled_bad_records"], "the sample is the whole source"
