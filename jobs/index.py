@@ -35,19 +35,22 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(config, int):
         return config
     if args.dry_run:
-        return _dry_run(config)
+        return _dry_run(config, args.limit)
     return run_writing_job("index", lambda: run_index(config, limit=args.limit))
 
 
-def _dry_run(config: JobConfig) -> int:
+def _dry_run(config: JobConfig, limit: int | None) -> int:
     try:
-        estimate = dry_run(config)
+        estimate = dry_run(config, limit)
     except (ConfigError, SourceError, TableMismatch) as exc:
         return fail(str(exc), "config")
     print(json.dumps(estimate, indent=2))
     for warning in estimate["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
     seconds = estimate["estimated_seconds"]
+    if not estimate["objects_to_read"]:
+        print("nothing to read: every object is unchanged since the last run (Ray would not start)", file=sys.stderr)
+        return EXIT_CODES["ok"]
     print(
         f"about {estimate['estimated_docs']:,} documents, {estimate['estimated_tokens']:,} tokens; "
         f"{estimate['estimated_unchanged_fraction'] or 0:.0%} unchanged; "

@@ -1,23 +1,29 @@
 """``lateline index --dry-run``: list and sample the source, estimate documents, tokens and run time; write nothing.
 
-Sampling reads up to ``SAMPLE_OBJECTS`` objects spread over the listing, each up to ``SAMPLE_DOCS`` documents.
-Fully read objects give documents and tokens per byte of object; when none was read to its end, the text bytes
-of the sample stand in for object bytes (slightly optimistic for JSONL). The documents the table already holds
-with the same fingerprint are estimated from the sample too. Throughput comes from the newest successful run
-in ``runtime.summary_dir`` with the same model and embedding settings that embedded at least
-``MIN_BASIS_TOKENS`` document tokens (a smaller run measures mostly its start-up): its document tokens per
-second of embedding (the actors' forward time), plus its start-up and writing time once when the run would
-read anything (objects the object manifest does not show unchanged, as the run decides). Else a short forward
-benchmark on the sampled documents on this machine (labelled as such: a cluster may be faster), plus
-``STARTUP_GUESS_S`` of start-up. A sample whose every record is bad comes with a warning naming the setting.
-A table the run would refuse (another model's vectors, other settings) raises ``TableMismatch`` as the run does.
+Sampling reads up to ``SAMPLE_OBJECTS`` objects drawn at random (seeded: the same listing gives the same sample),
+each up to ``SAMPLE_DOCS`` documents. The source's documents: for ``text``, one per object; for ``parquet``,
+the sampled files' row counts (from their footers) per byte of file, times the listed bytes; for ``jsonl``,
+the documents per byte of the sampled objects read to their end, or when none was, per byte of the sample's
+text (optimistic for gzipped JSONL, whose bytes are compressed). Tokens, unchanged documents and bad records
+are the sample's per document, times those documents. ``--limit N`` scales all of them to N documents.
+
+Throughput comes from the newest successful run in ``runtime.summary_dir`` with the same model and embedding
+settings that embedded at least ``MIN_BASIS_TOKENS`` document tokens (a smaller run measures mostly its
+start-up): its document tokens per second of embedding (the actors' forward time), plus its start-up and
+writing time once when the run would read anything (objects the object manifest does not show unchanged, as the
+run decides). Else a short forward benchmark on the sampled documents (repeated up to ``BENCHMARK_TOKENS``) on
+this machine (labelled as such: a cluster may be faster), plus ``STARTUP_GUESS_S`` of start-up. A sample whose
+every record is bad comes with a warning naming the setting. A table the run would refuse (another model's
+vectors, other settings) raises ``TableMismatch`` as the run does.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
+import random
 import time
 from collections import Counter
 from pathlib import Path
@@ -45,8 +51,8 @@ MIN_BASIS_TOKENS = 20_000  # document tokens a run must have embedded to serve a
 STARTUP_GUESS_S = 15.0
 
 
-def dry_run(config: JobConfig) -> dict[str, Any]:
-    """The estimate as JSON data (see the module doc)."""
+def dry_run(config: JobConfig, limit: int | None = None) -> dict[str, Any]:
+    """The estimate as JSON data (see the module doc), for a run of at most ``limit`` documents when given."""
     tokenizer, frame, max_length, identity = describe_model(config.model, config.embedding.document_prefix)
     check_window(config.embedding, config.model.name_or_path, frame, max_length)
     identity = dataclasses.replace(identity, dtype=config.sink.vector_dtype)
@@ -56,9 +62,11 @@ def dry_run(config: JobConfig) -> dict[str, Any]:
     objects = list_source_objects(config.source)
     total_bytes = sum(obj.size or 0 for obj in objects)
     sample = _sample(objects, config, digest, known, raw_tokenizer(tokenizer))
-    scale = total_bytes / sample["bytes"] if sample["bytes"] else 0.0
-    docs, tokens = sample["docs"] * scale, sample["tokens"] * scale
-    to_embed = sample["changed_tokens"] * scale
+    docs = _source_documents(config.source.format, objects, total_bytes, sample)
+    if limit is not None:
+        docs = min(docs, limit)
+    per_doc = docs / sample["docs"] if sample["docs"] else 0.0  # sampled counts -> the run's
+    tokens, to_embed = sample["tokens"] * per_doc, sample["changed_tokens"] * per_doc
     manifest = ObjectManifest(config.sink.uri, config.sink.table, config.sink.storage_options)
     letters = letters_by_object(config.sink.uri, config.sink.table, config.sink.storage_options) if known else {}
     reads = len(objects) - len(manifest.unchanged(objects, digest, config.source, known, letters))
@@ -74,14 +82,31 @@ def dry_run(config: JobConfig) -> dict[str, Any]:
         "estimated_tokens": round(tokens),
         "estimated_unchanged_fraction": round(sample["unchanged"] / sample["docs"], 3) if sample["docs"] else None,
         "sampled_bad_records": dict(sample["bad"]),
-        "estimated_bad_records": {reason: round(count * scale) for reason, count in sample["bad"].items()},
+        "estimated_bad_records": {reason: round(count * per_doc) for reason, count in sample["bad"].items()},
         "tokens_per_s": round(throughput, 1),
         "throughput_basis": basis,
-        "estimated_seconds": round(to_embed / throughput + (fixed_s if reads else 0), 1) if throughput else None,
+        "estimated_seconds": _seconds(to_embed, throughput, fixed_s if reads else 0.0),
         "model": identity.label,
         "table": f"{config.sink.uri}/{config.sink.table}",
         "warnings": _warnings(config, sample),
     }
+
+
+def _source_documents(source_format: str, objects: list, total_bytes: int, sample: dict[str, Any]) -> float:
+    """Documents of the whole source, estimated as the module doc says."""
+    if source_format == "text":
+        return float(len(objects))
+    if source_format == "parquet" and sample["footer_bytes"]:
+        return sample["footer_rows"] * total_bytes / sample["footer_bytes"]
+    return sample["docs"] * total_bytes / sample["bytes"] if sample["bytes"] else 0.0
+
+
+def _seconds(to_embed: float, throughput: float, fixed_s: float) -> float | None:
+    """Run time: embedding at ``throughput`` plus the fixed cost; ``None`` when there is something to embed but
+    no rate to embed it at."""
+    if to_embed <= 0:
+        return round(fixed_s, 1)
+    return round(to_embed / throughput + fixed_s, 1) if throughput else None
 
 
 def _warnings(config: JobConfig, sample: dict[str, Any]) -> list[str]:
@@ -96,8 +121,9 @@ def _warnings(config: JobConfig, sample: dict[str, Any]) -> list[str]:
 
 
 def _sample(objects: list, config: JobConfig, digest: str, known: KnownDocuments, backend: Any) -> dict[str, Any]:
-    step = max(1, len(objects) // SAMPLE_OBJECTS)
-    chosen = objects[::step][:SAMPLE_OBJECTS]
+    # Drawn at random, not every n-th: a listing with a period (every other file empty, say) must not fool it.
+    picked = sorted(random.Random(0).sample(range(len(objects)), min(SAMPLE_OBJECTS, len(objects))))
+    chosen = [objects[index] for index in picked]
     totals: dict[str, Any] = {
         "objects": len(chosen),
         "docs": 0,
@@ -109,6 +135,8 @@ def _sample(objects: list, config: JobConfig, digest: str, known: KnownDocuments
         "bad": Counter(),
         "texts": [],
         "ids": set(),  # the sample's document ids: a repeat is dead-lettered as duplicate_doc_id, as in a run
+        "footer_rows": 0,  # parquet: rows the sampled files' footers give, and those files' bytes
+        "footer_bytes": 0,
     }
     for obj, row in zip(chosen, objects_table(chosen, known).to_pylist()):
         complete = True
@@ -120,9 +148,21 @@ def _sample(objects: list, config: JobConfig, digest: str, known: KnownDocuments
                 break
             _count(fingerprinted(doc, digest, held), totals, backend, doc[schema.TEXT])
         totals["bytes"] += (obj.size or 0) if complete else 0
+        if config.source.format == "parquet" and obj.size:
+            totals["footer_rows"] += _parquet_rows(obj.path, config.source)
+            totals["footer_bytes"] += obj.size
     if totals["bytes"] == 0:  # nothing read to its end: text bytes stand in for object bytes
         totals["bytes"] = totals["text_bytes"]
     return totals
+
+
+def _parquet_rows(path: str, source: Any) -> int:
+    """Rows of a Parquet file, from its footer (a small ranged read, not the file)."""
+    import pyarrow.parquet as pq
+
+    fs, local = url_to_fs(path, **as_s3fs_options(source.storage_options))
+    with fs.open(local, "rb") as handle:
+        return pq.ParquetFile(handle).metadata.num_rows
 
 
 def _count(doc: dict[str, Any], totals: dict[str, Any], backend: Any, text: str | None) -> None:
@@ -168,8 +208,8 @@ def _throughput(config: JobConfig, settings: dict, texts: list[str]) -> tuple[fl
     return (
         rate,
         STARTUP_GUESS_S,
-        f"a forward benchmark on this machine plus about {STARTUP_GUESS_S:.0f} s of start-up (no earlier run of "
-        "this model and settings found)",
+        f"a forward benchmark on this machine plus about {STARTUP_GUESS_S:.0f} s of start-up (no earlier "
+        f"successful run of this model and settings embedded {MIN_BASIS_TOKENS:,}+ document tokens)",
     )
 
 
@@ -200,13 +240,16 @@ def _benchmark(config: JobConfig, texts: list[str]) -> float:
         return 0.0
     model = load_model(config.model, config.embedding.document_prefix)
     backend = raw_tokenizer(model.tokenizer)
+    encoded = [ids for ids in (backend.encode(text, add_special_tokens=False).ids for text in texts) if ids]
     docs, tokens = [], 0
-    for text in texts:
-        ids = backend.encode(text, add_special_tokens=False).ids
+    # The sampled documents, repeated up to BENCHMARK_TOKENS: a few short ones alone are timed mostly as noise.
+    for ids in itertools.cycle(encoded) if encoded else ():
         docs.append((ids, [(0, len(ids))]))
         tokens += len(ids)
         if tokens >= BENCHMARK_TOKENS:
             break
+    if not docs:
+        return 0.0
     # Each CPU actor's share of this machine, split into forward passes as the pool would split it; the
     # machine's rate is one actor's times the number of actors.
     actors = size_actor_pool(config.runtime, cluster_cpus=os.cpu_count() or 1, cluster_gpus=0)

@@ -49,7 +49,11 @@ def test_dry_run_estimates_without_writing_then_sees_the_unchanged_corpus(
     [summary] = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*/summary.json")]
     assert first["estimated_tokens"] == summary["counts"]["document_tokens"], "the sample was the whole corpus"
 
-    second = _estimate(config, capsys)
+    capsys.readouterr()
+    assert index_job.main(["--config", str(config), "--dry-run"]) == 0
+    out, err = capsys.readouterr()
+    second = json.loads(out)
+    assert "nothing to read: every object is unchanged since the last run" in err
     assert second["estimated_unchanged_fraction"] == 1.0 and second["estimated_seconds"] == 0
     assert second["objects_to_read"] == 0
     assert summary["run_id"] in second["throughput_basis"]
@@ -89,3 +93,41 @@ def test_dry_run_counts_the_records_a_run_would_dead_letter_in_the_sample_and_sc
     assert estimate["sampled_docs"] == 4 and estimate["estimated_docs"] == 4
     assert estimate["sampled_bad_records"] == {"duplicate_doc_id": 1, "missing_text": 1}
     assert estimate["estimated_bad_records"] == estimate["sampled_bad_records"], "the sample is the whole source"
+
+
+def _dry_run_config(tmp_path: Path, src: Path, source_format: str) -> Path:
+    config = tmp_path / f"{source_format}.yaml"
+    source = {"uri": str(src), "format": source_format}
+    config.write_text(yaml.safe_dump({"source": source, "sink": {"uri": str(tmp_path / "db")}}))
+    return config
+
+
+def test_dry_run_counts_documents_by_format_draws_its_sample_at_random_and_honours_limit(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    # Parquet compresses short repetitive rows far below their text: bytes of text would undercount them.
+    (tmp_path / "pq").mkdir()
+    texts = [f"note {i % 50}: the quick brown fox jumps over the lazy dog" for i in range(20_000)]
+    pq.write_table(pa.table({"id": [str(i) for i in range(20_000)], "text": texts}), tmp_path / "pq" / "a.parquet")
+    estimate = _estimate(_dry_run_config(tmp_path, tmp_path / "pq", "parquet"), capsys)
+    assert estimate["sampled_docs"] == 200 and estimate["estimated_docs"] == 20_000, "rows from the footer"
+
+    # Text: one document per file, whatever their sizes; every other file empty, which a sample of every n-th
+    # file could miss entirely.
+    (tmp_path / "txt").mkdir()
+    for i in range(20):
+        (tmp_path / "txt" / f"f{i:02d}.md").write_text("" if i % 2 == 0 else f"file {i} " * (1 if i < 19 else 20_000))
+    text_config = _dry_run_config(tmp_path, tmp_path / "txt", "text")
+    estimate = _estimate(text_config, capsys)
+    assert estimate["estimated_docs"] == 20
+    assert estimate["sampled_bad_records"].get("empty_text", 0) > 0, "the sample sees the empty files"
+    assert sum(estimate["estimated_bad_records"].values()) < 20
+
+    # --limit: the estimate is for the documents the trial would take.
+    capsys.readouterr()
+    assert index_job.main(["--config", str(text_config), "--dry-run", "--limit", "2"]) == 0
+    limited = json.loads(capsys.readouterr().out)
+    assert limited["estimated_docs"] == 2 and limited["estimated_tokens"] < estimate["estimated_tokens"]
