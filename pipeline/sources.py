@@ -342,15 +342,19 @@ def _text_record(fs: Any, local: str, uri: str, root: str, source: SourceConfig)
     return record_to_document({"id": doc_id, "text": text}, uri, "file", source, "id", "text")
 
 
-def _fields_of(record: dict[str, Any], missing: str, columns: Sequence[str] | None = None, most: int = 12) -> str:
-    """`` (fields: id, content)``: what the record has instead of the ``missing`` field. ``columns``: the
-    file's columns, when only some were read; listed when ``missing`` is not among them (a column the file
-    lacks, not a null in this row)."""
-    whole_file = columns is not None and missing not in columns
-    present = columns if whole_file else [name for name in record if record[name] is not None]
-    names = [str(name) for name in present]
+def _absence(record: dict[str, Any], field: str, columns: Sequence[str] | None = None, most: int = 12) -> str:
+    """What is wrong with ``field`` of a record that has no usable value for it: null or blank in this record,
+    or not there at all (then with what is there: the record's fields, or for a file with columns, such as
+    Parquet, the file's ``columns``)."""
+    value = record.get(field)
+    if isinstance(value, str):
+        return f"{field!r} is blank"
+    if field in (columns if columns is not None else record):
+        return f"{field!r} is null"
+    names = [str(name) for name in (columns if columns is not None else record)]
     shown = ", ".join(names[:most]) + (", ..." if len(names) > most else "")
-    return f" (fields: {shown})" if names else " (no fields)"
+    kind = "column" if columns is not None else "field"
+    return f"no {field!r} {kind}" + (f" ({kind}s: {shown})" if names else f" (no {kind}s)")
 
 
 def relative_id(uri: str, root: str) -> str:
@@ -367,24 +371,16 @@ def record_to_document(
     text_field: str | None = None,
     columns: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Validate one record into a document row, or a skipped row with the reason (a missing field's reason
-    lists the record's fields, or the file's ``columns`` when only some were read and the file lacks it)."""
+    """Validate one record into a document row, or a skipped row with the reason (a field that is not there is
+    said with the record's fields, or the file's ``columns`` when only some were read; a null one as null)."""
     id_field, text_field = id_field or source.id_field, text_field or source.text_field
     doc_id, text = record.get(id_field), record.get(text_field)
     snippet = json.dumps(record, default=str)[:SNIPPET_CHARS]
     if doc_id is None or (isinstance(doc_id, str) and not doc_id.strip()):
-        return skipped(
-            uri, "missing_id", f"{where}: no {id_field!r} field{_fields_of(record, id_field, columns)}", snippet
-        )
+        return skipped(uri, "missing_id", f"{where}: {_absence(record, id_field, columns)}", snippet)
     doc_id = str(doc_id)
     if text is None:
-        return skipped(
-            uri,
-            "missing_text",
-            f"{where}: no {text_field!r} field{_fields_of(record, text_field, columns)}",
-            snippet,
-            doc_id,
-        )
+        return skipped(uri, "missing_text", f"{where}: {_absence(record, text_field, columns)}", snippet, doc_id)
     if not isinstance(text, str):
         return skipped(uri, "non_string_text", f"{where}: {text_field!r} is {type(text).__name__}", snippet, doc_id)
     if not text.strip():

@@ -88,11 +88,15 @@ def test_bad_records_are_skipped_with_their_reason(record: dict, reason: str, do
     assert row[schema.DOC_FINGERPRINT] is None
 
 
-def test_a_missing_field_is_reported_with_the_fields_the_record_has() -> None:
+def test_a_missing_field_is_reported_with_the_fields_the_record_has_and_a_null_one_as_null() -> None:
     row = record_to_document({"id": "x1", "content": "words", "lang": None}, URI, "row 3", jsonl_source())
-    assert row[schema.ERROR_DETAIL] == "row 3: no 'text' field (fields: id, content)"
+    assert row[schema.ERROR_DETAIL] == "row 3: no 'text' field (fields: id, content, lang)"
     row = record_to_document({}, URI, "line 1", jsonl_source())
     assert row[schema.ERROR_DETAIL] == "line 1: no 'id' field (no fields)"
+    row = record_to_document({"id": "x1", "text": None}, URI, "line 2", jsonl_source())
+    assert (row[schema.ERROR], row[schema.ERROR_DETAIL]) == ("missing_text", "line 2: 'text' is null")
+    row = record_to_document({"id": "  ", "text": "words"}, URI, "line 4", jsonl_source())
+    assert (row[schema.ERROR], row[schema.ERROR_DETAIL]) == ("missing_id", "line 4: 'id' is blank")
 
 
 def test_text_at_the_size_limit_is_kept() -> None:
@@ -244,14 +248,14 @@ def test_a_parquet_file_without_the_text_column_names_all_its_columns(tmp_path: 
     pq.write_table(table, tmp_path / "docs.parquet")
     [row] = read_all(SourceConfig(uri=str(tmp_path), format="parquet", metadata_fields=("title",)))
     assert row[schema.ERROR] == "missing_text"
-    assert row[schema.ERROR_DETAIL] == "row 1: no 'text' field (fields: id, body, title)"
+    assert row[schema.ERROR_DETAIL] == "row 1: no 'text' column (columns: id, body, title)"
 
 
-def test_a_parquet_row_with_a_null_id_names_the_rows_fields_not_the_files(tmp_path: Path) -> None:
+def test_a_parquet_row_with_a_null_id_says_it_is_null_not_that_the_column_is_missing(tmp_path: Path) -> None:
     pq.write_table(pa.table({"id": [None], "text": ["Some text."], "title": ["One"]}), tmp_path / "docs.parquet")
     [row] = read_all(SourceConfig(uri=str(tmp_path), format="parquet", metadata_fields=("title",)))
     assert row[schema.ERROR] == "missing_id"
-    assert row[schema.ERROR_DETAIL] == "row 1: no 'id' field (fields: text, title)"
+    assert row[schema.ERROR_DETAIL] == "row 1: 'id' is null"
 
 
 def test_unreadable_file_becomes_one_unreadable_source_row(tmp_path: Path) -> None:
