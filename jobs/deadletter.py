@@ -56,13 +56,21 @@ def main(argv: list[str] | None = None) -> int:
     return run_writing_job("replay", lambda: run_index(config, job="replay", objects=objects))
 
 
+def printable(text: str) -> str:
+    """``text`` with its control and other unprintable characters escaped (``\\x1b``): a record's bytes must
+    not drive the terminal that lists it."""
+    return "".join(char if char.isprintable() else ascii(char)[1:-1] for char in text)
+
+
 def _list(rows: list[dict], as_json: bool) -> int:
     for row in rows:
         if as_json:
             print(json.dumps(row, default=str))
         else:
             snippet = " ".join((row["snippet"] or "").split())[:SNIPPET_CHARS]
-            print(f"{row['reason']:<18} {row['source_uri']}  {row['doc_id'] or '-'}  {row['detail']}  | {snippet}")
+            fields = (row["source_uri"], row["doc_id"] or "-", row["detail"], snippet)
+            uri, doc_id, detail, snippet = (printable(value or "") for value in fields)
+            print(f"{row['reason']:<18} {uri}  {doc_id}  {detail}  | {snippet}")
     print(f"{len(rows)} dead letter" + ("" if len(rows) == 1 else "s"), file=sys.stderr)
     return EXIT_CODES["ok"]
 

@@ -24,3 +24,19 @@ def test_a_reembedded_table_lists_the_source_tables_dead_letters_once(tmp_path) 
 def test_a_table_without_dead_letters_carries_none(tmp_path) -> None:
     assert carry_dead_letters(str(tmp_path / "db"), "chunks", "chunks__new") == 0
     assert read_dead_letters(str(tmp_path / "db"), "chunks__new").num_rows == 0
+
+
+def test_the_plain_listing_escapes_control_characters_of_a_record(capsys) -> None:
+    from jobs.deadletter import _list
+
+    row = {
+        "reason": "invalid_utf8",
+        "source_uri": "file:///docs/bin\x07.txt",
+        "doc_id": None,
+        "detail": "file: bad byte",
+        "snippet": "\x00\x01 text\tand\nmore \x1b[2J naïve",
+    }
+    _list([row], as_json=False)
+    out = capsys.readouterr().out
+    escaped = "\\x00\\x01 text and more \\x1b[2J naïve"
+    assert out == f"invalid_utf8       file:///docs/bin\\x07.txt  -  file: bad byte  | {escaped}\n"
