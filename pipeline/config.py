@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -25,6 +26,22 @@ class ConfigError(ValueError):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic takes true as 1 for a number; YAML makes true (and yes, on) of a value meant as text or a typo.
+        annotation = cls.model_fields[info.field_name].annotation
+        if isinstance(value, bool) and _admits(annotation, (int, float)) and not _admits(annotation, (bool,)):
+            raise ValueError("must be a number; YAML reads true/false/yes/no/on/off as booleans")
+        return value
+
+
+def _admits(annotation: Any, types: tuple[type, ...]) -> bool:
+    """Whether a field's annotation (a type, a union, an optional) takes one of ``types``."""
+    if annotation in types:
+        return True
+    return any(_admits(arg, types) for arg in typing.get_args(annotation))
 
 
 def _checked_options(options: dict[str, Any], problems: list[str], given: dict[str, Any] | None = None) -> dict:

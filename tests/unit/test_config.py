@@ -275,3 +275,17 @@ def test_actor_counts_in_range_and_auto_are_accepted() -> None:
     config = parse_config({"source": SOURCE, "runtime": {"num_actors": 1, "num_gpus_per_actor": 0}})
     assert (config.runtime.num_actors, config.runtime.num_gpus_per_actor) == (1, 0)
     assert parse_config({"source": SOURCE}).runtime.num_actors == "auto"
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [("chunking.size=true", "chunking.size"), ("runtime.max_dead_letters=yes", "runtime.max_dead_letters")],
+)
+def test_a_yaml_boolean_is_not_taken_for_a_number(override: str, key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(apply_overrides({"source": dict(SOURCE)}, [override]))
+    assert str(info.value) == f"{key}: must be a number; YAML reads true/false/yes/no/on/off as booleans (got True)"
+    # Booleans stay booleans where a key takes one.
+    assert parse_config(
+        apply_overrides({"source": dict(SOURCE)}, ["runtime.ray_progress_bars=yes"])
+    ).runtime.ray_progress_bars
