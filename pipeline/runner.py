@@ -697,7 +697,8 @@ def warn_about_duplicates(job: str, tally: Tally) -> None:
     )
     if job not in ("backfill", "replay"):  # index; a reembed reads a table, whose ids are unique
         advice = (
-            "their ids are indexed from other objects; every run reads them again until one copy of each id is gone"
+            "their ids are indexed from another record (in another object or earlier in the same one); every run "
+            "reads them again until one copy of each id is gone"
         )
     else:
         advice = (
