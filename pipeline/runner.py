@@ -113,6 +113,10 @@ class Tally:
     _done_weight: float = field(default=0.0, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)  # heartbeat thread
     _first_done: tuple[float, float] | None = field(default=None, repr=False)  # (time, share) first seen > 0
+    # source.metadata_fields to watch, and those a written document had a value for: a field no document has is
+    # most likely misspelt, and would be stored as null in every row without a word.
+    metadata_fields: tuple[str, ...] = ()
+    metadata_valued: set[str] = field(default_factory=set)
 
     def add_arrivals(self, batch: pa.Table) -> None:
         """Count the records of an :class:`EmbedChunks` output by object: one per skipped record, one per
@@ -169,7 +173,17 @@ class Tally:
         self.chunks += chunks.num_rows
         firsts = chunks.filter(pa.compute.equal(chunks[schema.CHUNK_INDEX], 0))
         self.docs_by_object.update(firsts[schema.SOURCE_URI].to_pylist())
+        if len(self.metadata_valued) < len(self.metadata_fields):
+            self._note_metadata(firsts[schema.METADATA].to_pylist())
         self.tokens += int((chunks[schema.TOKEN_END].to_numpy() - chunks[schema.TOKEN_START].to_numpy()).sum())
+
+    def _note_metadata(self, documents_metadata: list[str | None]) -> None:
+        """Record which watched metadata fields have a value (parsing stops once every one has)."""
+        for text in documents_metadata:
+            if len(self.metadata_valued) == len(self.metadata_fields):
+                return
+            values = json.loads(text) if text else {}
+            self.metadata_valued.update(name for name in self.metadata_fields if values.get(name) is not None)
 
     def add_skips(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Count skip rows; return the dead letters among them (everything but ``unchanged``)."""
@@ -359,7 +373,14 @@ def _execute(context: RunContext, sink: LanceSink, dead_letters: DeadLetterLog) 
     to_read = [obj for obj in context.objects if obj.path not in skip]
     # A --limit run stops early: it has no share of the source to show.
     sizes = {obj.path: obj.size for obj in to_read} if context.limit is None else {}
-    tally = Tally(context.job, config.runtime.progress_seconds, started, objects_skipped=len(skip), sizes=sizes)
+    tally = Tally(
+        context.job,
+        config.runtime.progress_seconds,
+        started,
+        objects_skipped=len(skip),
+        sizes=sizes,
+        metadata_fields=config.source.metadata_fields,
+    )
     tally.unchanged.update(known.in_objects(skip))
     kept_letters = [letters[path] for path in skip if path in letters]
     tally.dead_letters_kept = sum(kept.count for kept in kept_letters)
@@ -448,6 +469,7 @@ def execute_job(
         sink.commit()
         docs_written = sink.stats["docs_written"]
         warn_if_nothing_indexed(context.config, tally, docs_written)
+        warn_about_empty_metadata(tally, docs_written)
         warn_about_duplicates(context.job, tally)
         status = budget_status(context.config, tally, docs_written)
         if nothing_indexed(tally, docs_written):  # a wrong setting, not a success, whatever the budget allows
@@ -671,6 +693,17 @@ def warn_if_nothing_indexed(config: JobConfig, tally: Tally, docs_written: int) 
     dead = sum(tally.dead_lettered.values())
     note = bad_records_note(config, tally.dead_lettered)
     log(f"warning: every one of the {dead:,} records read was dead-lettered {note}")
+
+
+def warn_about_empty_metadata(tally: Tally, docs_written: int) -> None:
+    """Name the ``source.metadata_fields`` that not one document written by this run had a value for."""
+    empty = [name for name in tally.metadata_fields if name not in tally.metadata_valued]
+    if docs_written and empty:
+        names = ", ".join(repr(name) for name in empty)
+        log(
+            f"warning: source.metadata_fields: {names} had no value in any of the {docs_written:,} documents "
+            "written (stored as null); check the field names against the records"
+        )
 
 
 def warn_outside_source(config: JobConfig, objects: list[SourceObject]) -> None:

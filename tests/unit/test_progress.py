@@ -217,3 +217,28 @@ def test_rays_routine_notices_are_hidden_and_its_other_warnings_are_not(caplog) 
     finally:
         for logger, filters in zip(loggers, before):
             logger.filters[:] = filters
+
+
+def test_a_metadata_field_no_written_document_has_is_named_once_at_the_end(capsys) -> None:
+    from pipeline.runner import warn_about_empty_metadata
+
+    tally = Tally("index", 5.0, metadata_fields=("title", "nosuch", "lang"))
+    metadata = [json.dumps({"title": "A", "nosuch": None, "lang": None}), json.dumps({"title": None, "lang": "en"})]
+    chunks = pa.table(
+        {
+            schema.CHUNK_INDEX: [0, 1, 0],
+            schema.SOURCE_URI: ["s3://b/a.jsonl"] * 3,
+            schema.METADATA: [metadata[0], metadata[0], metadata[1]],
+            schema.TOKEN_START: [0, 10, 0],
+            schema.TOKEN_END: [10, 20, 5],
+        }
+    )
+    tally.add_chunks(chunks)
+    assert tally.metadata_valued == {"title", "lang"}
+    warn_about_empty_metadata(tally, docs_written=2)
+    assert capsys.readouterr().err == (
+        "warning: source.metadata_fields: 'nosuch' had no value in any of the 2 documents written (stored as "
+        "null); check the field names against the records\n"
+    )
+    warn_about_empty_metadata(Tally("index", 5.0, metadata_fields=("title",)), docs_written=0)
+    assert capsys.readouterr().err == "", "nothing written: nothing to say"
