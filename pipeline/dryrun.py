@@ -3,9 +3,10 @@
 Sampling reads up to ``SAMPLE_OBJECTS`` objects drawn at random (seeded: the same listing gives the same sample),
 each up to ``SAMPLE_DOCS`` documents. The source's documents: for ``text``, one per object; for ``parquet``,
 the sampled files' row counts (from their footers) per byte of file, times the listed bytes; for ``jsonl``,
-the documents per byte of the sampled objects read to their end, or when none was, per byte of the sample's
-text (optimistic for gzipped JSONL, whose bytes are compressed). Tokens, unchanged documents and bad records
-are the sample's per document, times those documents. ``--limit N`` scales all of them to N documents.
+the documents per byte of the sampled objects read to their end, or when none was, per byte of the sampled
+records' text (a raw snippet for a record without text; undercounts gzipped JSONL, whose bytes are
+compressed). Tokens, unchanged documents and bad records are the sample's per document, times those documents.
+``--limit N`` scales them to N documents, at most those of the objects the run would read.
 
 Throughput comes from the newest successful run in ``runtime.summary_dir`` with the same model and embedding
 settings that embedded at least ``MIN_BASIS_TOKENS`` document tokens (a smaller run measures mostly its
@@ -29,6 +30,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 from fsspec.core import url_to_fs
 
 from pipeline import schema
@@ -62,14 +64,14 @@ def dry_run(config: JobConfig, limit: int | None = None) -> dict[str, Any]:
     objects = list_source_objects(config.source)
     total_bytes = sum(obj.size or 0 for obj in objects)
     sample = _sample(objects, config, digest, known, raw_tokenizer(tokenizer))
-    docs = _source_documents(config.source.format, objects, total_bytes, sample)
-    if limit is not None:
-        docs = min(docs, limit)
-    per_doc = docs / sample["docs"] if sample["docs"] else 0.0  # sampled counts -> the run's
-    tokens, to_embed = sample["tokens"] * per_doc, sample["changed_tokens"] * per_doc
     manifest = ObjectManifest(config.sink.uri, config.sink.table, config.sink.storage_options)
     letters = letters_by_object(config.sink.uri, config.sink.table, config.sink.storage_options) if known else {}
     reads = len(objects) - len(manifest.unchanged(objects, digest, config.source, known, letters))
+    docs = _source_documents(config.source.format, objects, total_bytes, sample)
+    if limit is not None:  # the limit counts the documents of the objects the run reads, not of skipped ones
+        docs = min(docs * reads / len(objects) if objects else 0.0, limit)
+    per_doc = docs / sample["docs"] if sample["docs"] else 0.0  # sampled counts -> the run's
+    tokens, to_embed = sample["tokens"] * per_doc, sample["changed_tokens"] * per_doc
     throughput, fixed_s, basis = _throughput(config, settings, sample["texts"])
     return {
         "source": config.source.uri,
@@ -98,7 +100,10 @@ def _source_documents(source_format: str, objects: list, total_bytes: int, sampl
         return float(len(objects))
     if source_format == "parquet" and sample["footer_bytes"]:
         return sample["footer_rows"] * total_bytes / sample["footer_bytes"]
-    return sample["docs"] * total_bytes / sample["bytes"] if sample["bytes"] else 0.0
+    if sample["bytes"]:  # the objects read to their end: their documents per byte
+        return sample["complete_docs"] * total_bytes / sample["bytes"]
+    # None was: every sampled record per byte of its text (of its raw snippet, for a record with no text)
+    return sample["docs"] * total_bytes / sample["record_bytes"] if sample["record_bytes"] else 0.0
 
 
 def _seconds(to_embed: float, throughput: float, fixed_s: float) -> float | None:
@@ -131,42 +136,50 @@ def _sample(objects: list, config: JobConfig, digest: str, known: KnownDocuments
         "changed_tokens": 0,
         "unchanged": 0,
         "bytes": 0,
-        "text_bytes": 0,
         "bad": Counter(),
         "texts": [],
         "ids": set(),  # the sample's document ids: a repeat is dead-lettered as duplicate_doc_id, as in a run
         "footer_rows": 0,  # parquet: rows the sampled files' footers give, and those files' bytes
         "footer_bytes": 0,
+        "complete_docs": 0,  # records of the objects read to their end (whose bytes "bytes" sums)
+        "record_bytes": 0,  # bytes of every sampled record's text, or raw snippet when it has none
     }
     for obj, row in zip(chosen, objects_table(chosen, known).to_pylist()):
         complete = True
         # The run's rule: a document is unchanged if its own object's share of the table has its fingerprint.
         held = dict(zip(row["known_doc_ids"], row["known_fingerprints"]))
+        docs_before = totals["docs"]
         for count, doc in enumerate(read_object(obj.path, obj.root, config.source)):
             if count >= SAMPLE_DOCS:
                 complete = False
                 break
             _count(fingerprinted(doc, digest, held), totals, backend, doc[schema.TEXT])
-        totals["bytes"] += (obj.size or 0) if complete else 0
-        if config.source.format == "parquet" and obj.size:
-            totals["footer_rows"] += _parquet_rows(obj.path, config.source)
+        if complete and obj.size:
+            totals["bytes"] += obj.size
+            totals["complete_docs"] += totals["docs"] - docs_before
+        rows = _parquet_rows(obj.path, config.source) if config.source.format == "parquet" and obj.size else None
+        if rows is not None:
+            totals["footer_rows"] += rows
             totals["footer_bytes"] += obj.size
-    if totals["bytes"] == 0:  # nothing read to its end: text bytes stand in for object bytes
-        totals["bytes"] = totals["text_bytes"]
     return totals
 
 
-def _parquet_rows(path: str, source: Any) -> int:
-    """Rows of a Parquet file, from its footer (a small ranged read, not the file)."""
+def _parquet_rows(path: str, source: Any) -> int | None:
+    """Rows of a Parquet file, from its footer (a small ranged read, not the file); ``None`` when it cannot be
+    read as Parquet (the run dead-letters such a file: the estimate leaves it out)."""
     import pyarrow.parquet as pq
 
-    fs, local = url_to_fs(path, **as_s3fs_options(source.storage_options))
-    with fs.open(local, "rb") as handle:
-        return pq.ParquetFile(handle).metadata.num_rows
+    try:
+        fs, local = url_to_fs(path, **source.storage_options)  # s3fs options, as the readers open it
+        with fs.open(local, "rb") as handle:
+            return pq.ParquetFile(handle).metadata.num_rows
+    except (OSError, ValueError, pa.ArrowException):
+        return None
 
 
 def _count(doc: dict[str, Any], totals: dict[str, Any], backend: Any, text: str | None) -> None:
     totals["docs"] += 1
+    totals["record_bytes"] += len((text or doc.get(schema.SNIPPET) or "").encode("utf-8"))
     if doc[schema.ERROR] not in (None, schema.UNCHANGED):
         totals["bad"][doc[schema.ERROR]] += 1
         return
@@ -176,7 +189,6 @@ def _count(doc: dict[str, Any], totals: dict[str, Any], backend: Any, text: str 
     totals["ids"].add(doc[schema.DOC_ID])
     tokens = len(backend.encode(text, add_special_tokens=False).ids)
     totals["tokens"] += tokens
-    totals["text_bytes"] += len(text.encode("utf-8"))
     if doc[schema.ERROR] == schema.UNCHANGED:
         totals["unchanged"] += 1
     else:

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections import Counter
 from collections.abc import Mapping
 from functools import cached_property
 from typing import Any
 
 import pyarrow as pa
+from fsspec.core import split_protocol
 
 from pipeline import schema
 from pipeline.config import SourceConfig
@@ -113,13 +115,25 @@ READING_SETTINGS = ("format", "id_field", "text_field", "metadata_fields", "max_
 READER_VERSION = "readers@v1"
 
 
+def text_root(uri: str) -> str:
+    """What a text source's document ids are relative to, as far as ``uri`` tells without listing it: a glob's
+    head folder, else ``uri`` itself, with no trailing slash and local paths made absolute (``docs/``,
+    ``./docs`` and ``docs/*.md`` give one root)."""
+    protocol, path = split_protocol(uri)
+    if any(char in path for char in "*?["):
+        path = path.split("*")[0].split("?")[0].split("[")[0].rsplit("/", 1)[0]
+    if protocol in (None, "file", "local"):
+        return os.path.abspath(os.path.expanduser(path))
+    return f"{protocol}://{path.rstrip('/')}"
+
+
 def object_digest(settings_digest: str, source: SourceConfig) -> str:
     """What an object's manifest entry must match besides the object itself: the embedding settings' digest,
     the :data:`READING_SETTINGS` of ``source`` and :data:`READER_VERSION`; for ``text``, also ``source.uri``,
     since a text file's document id is its path relative to it."""
     reading = {name: getattr(source, name) for name in READING_SETTINGS} | {"reader": READER_VERSION}
     if source.format == "text":  # a new root renames every document: unchanged files must be read again
-        reading["root"] = source.uri.rstrip("/")
+        reading["root"] = text_root(source.uri)
     key = json.dumps({"settings": settings_digest, "reading": reading}, sort_keys=True, default=list)
     return hashlib.sha256(key.encode()).hexdigest()
 

@@ -701,8 +701,8 @@ def warn_about_empty_metadata(tally: Tally, docs_written: int) -> None:
     if docs_written and empty:
         names = ", ".join(repr(name) for name in empty)
         log(
-            f"warning: source.metadata_fields: {names} had no value in any of the {docs_written:,} documents "
-            "written (stored as null); check the field names against the records"
+            f"warning: source.metadata_fields: {names} had no value in any of the {docs_written:,} documents this "
+            "run wrote (stored as null); a misspelt field name looks like this"
         )
 
 

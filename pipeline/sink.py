@@ -256,7 +256,7 @@ def missing_table(uri: str, name: str, storage_options: dict[str, Any] | None = 
 
 
 # Tables lateline keeps beside a table of vectors (its alias history, dead letters and object manifest).
-HELPER_SUFFIXES = ("__alias", "__deadletter", "__objects")
+HELPER_SUFFIXES = ("__alias", "__deadletter", "__objects")  # the alias' first
 
 
 def table_names(db: Any) -> list[str]:
@@ -265,12 +265,15 @@ def table_names(db: Any) -> list[str]:
 
 
 def did_you_mean(db: Any, name: str) -> str:
-    """`` (did you mean 'chunks'?)`` naming the table of vectors at ``db`` closest to a mistyped ``name`` (helper
-    tables left out), else ``""``. Never raises: it only decorates an error message."""
+    """`` (did you mean 'chunks'?)`` naming the table of vectors or alias at ``db`` closest to a mistyped ``name``
+    (helper tables left out), else ``""``. Never raises: it only decorates an error message."""
     try:
-        tables = [t for t in table_names(db) if not t.endswith(HELPER_SUFFIXES)]
+        names = table_names(db)
     except Exception:
         return ""
+    # Tables of vectors and the aliases (whose own name may hold no table once its original is retired).
+    aliases = [t.removesuffix(HELPER_SUFFIXES[0]) for t in names if t.endswith(HELPER_SUFFIXES[0])]
+    tables = sorted({*aliases, *(t for t in names if not t.endswith(HELPER_SUFFIXES))})
     close = difflib.get_close_matches(name, tables, n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 

@@ -112,8 +112,26 @@ def test_dry_run_counts_documents_by_format_draws_its_sample_at_random_and_honou
     (tmp_path / "pq").mkdir()
     texts = [f"note {i % 50}: the quick brown fox jumps over the lazy dog" for i in range(20_000)]
     pq.write_table(pa.table({"id": [str(i) for i in range(20_000)], "text": texts}), tmp_path / "pq" / "a.parquet")
+    (tmp_path / "pq" / "b.parquet").write_bytes(b"not parquet")  # the run dead-letters it; no crash here
     estimate = _estimate(_dry_run_config(tmp_path, tmp_path / "pq", "parquet"), capsys)
-    assert estimate["sampled_docs"] == 200 and estimate["estimated_docs"] == 20_000, "rows from the footer"
+    assert estimate["sampled_bad_records"] == {"unreadable_source": 1}
+    assert estimate["estimated_docs"] == pytest.approx(20_000, rel=0.01), "rows from the footer"
+
+    # JSONL: documents per byte of the objects read to their end, not all sampled records over those bytes.
+    (tmp_path / "jl").mkdir()
+    for name, count in (("a", 5), ("b", 2000), ("c", 2000), ("d", 2000), ("e", 2000)):
+        lines = [json.dumps({"id": f"{name}{i}", "text": f"record {i:05d} of {name}"}) + "\n" for i in range(count)]
+        (tmp_path / "jl" / f"{name}.jsonl").write_text("".join(lines))
+    estimate = _estimate(_dry_run_config(tmp_path, tmp_path / "jl", "jsonl"), capsys)
+    assert estimate["estimated_docs"] == pytest.approx(8_005, rel=0.1)
+    # Every record bad (no 'text' field) and no object read to its end: counted by their raw bytes, not as 0.
+    (tmp_path / "jl-bad").mkdir()
+    for name in ("a", "b"):
+        lines = [json.dumps({"id": f"{name}{i}", "body": f"record {i:05d}"}) + "\n" for i in range(1000)]
+        (tmp_path / "jl-bad" / f"{name}.jsonl").write_text("".join(lines))
+    estimate = _estimate(_dry_run_config(tmp_path, tmp_path / "jl-bad", "jsonl"), capsys)
+    assert estimate["estimated_docs"] == pytest.approx(2_000, rel=0.25)
+    assert estimate["estimated_bad_records"]["missing_text"] == estimate["estimated_docs"]
 
     # Text: one document per file, whatever their sizes; every other file empty, which a sample of every n-th
     # file could miss entirely.

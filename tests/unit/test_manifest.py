@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 
 from pipeline import manifest as manifest_module
@@ -70,8 +71,12 @@ def test_settings_that_change_what_an_object_yields_change_its_key_and_others_do
     assert object_digest("d", source.model_copy(update={"uri": "s3://b/sub/"})) == key, "records name their ids"
     # A text file's id is its path below source.uri: another root names its documents otherwise.
     text = SourceConfig(uri="s3://b/docs/", format="text")
-    assert object_digest("d", text.model_copy(update={"uri": "s3://b/docs"})) == object_digest("d", text)
+    for same_root in ("s3://b/docs", "s3://b/docs/*.md", "s3://b/docs/[ab]*"):
+        assert object_digest("d", text.model_copy(update={"uri": same_root})) == object_digest("d", text), same_root
     assert object_digest("d", text.model_copy(update={"uri": "s3://b/docs/guide/"})) != object_digest("d", text)
+    local = SourceConfig(uri="docs/", format="text")
+    for same_root in ("./docs", f"{os.getcwd()}/docs", "docs/*.txt", f"file://{os.getcwd()}/docs"):
+        assert object_digest("d", local.model_copy(update={"uri": same_root})) == object_digest("d", local), same_root
 
 
 def test_forget_deletes_just_the_named_objects_whatever_their_characters(tmp_path) -> None:

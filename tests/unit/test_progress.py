@@ -237,8 +237,8 @@ def test_a_metadata_field_no_written_document_has_is_named_once_at_the_end(capsy
     assert tally.metadata_valued == {"title", "lang"}
     warn_about_empty_metadata(tally, docs_written=2)
     assert capsys.readouterr().err == (
-        "warning: source.metadata_fields: 'nosuch' had no value in any of the 2 documents written (stored as "
-        "null); check the field names against the records\n"
+        "warning: source.metadata_fields: 'nosuch' had no value in any of the 2 documents this run wrote (stored "
+        "as null); a misspelt field name looks like this\n"
     )
     warn_about_empty_metadata(Tally("index", 5.0, metadata_fields=("title",)), docs_written=0)
     assert capsys.readouterr().err == "", "nothing written: nothing to say"

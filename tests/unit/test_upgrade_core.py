@@ -311,3 +311,34 @@ def test_a_local_cls_model_is_read_from_its_config_and_warned_about(tmp_path: Pa
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert describe_model(ModelConfig(name_or_path=str(folder)))[3].pooling == "mean"
+
+
+def test_a_reembed_skips_ray_only_when_the_target_holds_every_stored_document_as_this_run_would_embed_it(
+    tmp_path: Path,
+) -> None:
+    import lance
+
+    from pipeline.docids import FingerprintIndex
+    from pipeline.fingerprint import document_fingerprint
+    from pipeline.reembed import StoredTable, stored_documents_done
+
+    rows = pa.table(
+        {
+            schema.DOC_ID: ["a", "a", "b", "c"],
+            schema.CHUNK_INDEX: [0, 1, 0, 0],
+            schema.CONTENT_SHA256: ["ha", "ha", "hb", "hc"],
+        }
+    )
+    dataset = lance.write_dataset(rows, str(tmp_path / "t.lance"))
+    stored = StoredTable(str(tmp_path / "t.lance"), dataset.version, {}, keep_spans=True)
+
+    def target(fingerprints: dict[str, str]) -> FingerprintIndex:
+        return FingerprintIndex(fingerprints.items())
+
+    every = {doc: document_fingerprint(f"h{doc}", "new") for doc in "abc"}
+    done = stored_documents_done(stored, "new", target(every | {"z": "only-in-the-target"}))
+    assert done is not None and list(done.contains(["a", "b", "c", "z"])) == [True, True, True, False]
+    assert stored_documents_done(stored, "new", target({d: f for d, f in every.items() if d != "b"})) is None
+    assert stored_documents_done(stored, "new", target(every | {"c": document_fingerprint("hc", "old")})) is None
+    assert stored_documents_done(stored, "other-settings", target(every)) is None
+    assert stored_documents_done(stored, "new", target({})) is None, "an empty or overwritten target: embed all"
