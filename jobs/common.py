@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections.abc import Callable
@@ -78,9 +79,11 @@ def fail(message: str, code: str) -> int:
 def run_writing_job(job: str, work: Callable[[], dict[str, Any]]) -> int:
     """Run a job that writes the table; print the summary's head to stdout (also for a run that failed or was
     stopped once it had begun: the runner attaches its summary to the error); map failures to exit codes.
-    SIGTERM stops it like Ctrl-C (exit 143 instead of 130; see :mod:`pipeline.interrupts`)."""
+    SIGTERM stops it like Ctrl-C (exit 143 instead of 130; see :mod:`pipeline.interrupts`). While it runs,
+    whatever is printed to stdout goes to stderr: Ray forwards its workers' stdout lines to the driver's stdout,
+    and none may land beside the summary, the one thing a writing job prints there."""
     try:
-        with sigterm_interrupts():
+        with sigterm_interrupts(), contextlib.redirect_stdout(sys.stderr):
             summary = work()
     except (Exception, KeyboardInterrupt) as exc:
         if getattr(exc, "run_summary", None) is not None:

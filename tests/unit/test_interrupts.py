@@ -118,3 +118,22 @@ def test_a_run_that_began_prints_its_summary_head_however_it_ends(
     out, err = capsys.readouterr()
     assert json.loads(out) == {**dict.fromkeys(("time_s", "throughput")), **raised.run_summary}
     assert "error: index failed" in err if status == "failed" else "index stopped (SIGTERM)" in err
+
+
+def test_while_a_writing_job_runs_stdout_goes_to_stderr_so_only_the_summary_is_on_stdout(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import json
+
+    from jobs.common import run_writing_job
+
+    summary = {"run_id": "r", "status": "ok", "counts": {}, "time_s": {}, "throughput": {}, "summary_path": "p"}
+
+    def work() -> dict:
+        print("(MapWorker pid=123) a line a Ray worker printed")  # Ray forwards these to the driver's stdout
+        return summary
+
+    assert run_writing_job("index", work) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out) == summary, "stdout holds the summary's JSON and nothing else"
+    assert "(MapWorker pid=123) a line a Ray worker printed" in err
