@@ -14,7 +14,7 @@ from pipeline.config import ConfigError, JobConfig, load_config
 from pipeline.interrupts import Terminated, sigterm_interrupts
 from pipeline.lock import TableLocked
 from pipeline.reembed import NothingToReembed, ReembedError
-from pipeline.runner import EXIT_CODES
+from pipeline.runner import EXIT_CODES, disconnect_ray
 from pipeline.sink import TableMismatch
 from pipeline.sources import SourceError
 
@@ -84,7 +84,10 @@ def run_writing_job(job: str, work: Callable[[], dict[str, Any]]) -> int:
     and none may land beside the summary, the one thing a writing job prints there."""
     try:
         with sigterm_interrupts(), contextlib.redirect_stdout(sys.stderr):
-            summary = work()
+            try:
+                summary = work()
+            finally:  # Ray ends while stdout still goes to stderr: no worker line follows the summary either
+                disconnect_ray()
     except (Exception, KeyboardInterrupt) as exc:
         if getattr(exc, "run_summary", None) is not None:
             print_summary_head(exc.run_summary)

@@ -800,7 +800,23 @@ def _init_ray(runtime: RuntimeConfig) -> Any:
                 include_dashboard=False,
                 _system_config=system_config,
             )
+        _RAY_CONNECTED_HERE.append(True)
     return ray
+
+
+_RAY_CONNECTED_HERE: list[bool] = []  # non-empty once _init_ray has started or joined Ray in this process
+
+
+def disconnect_ray() -> None:
+    """End this process's Ray session if a job here started or joined it (one another caller began, e.g. a
+    test's, is left alone): its workers' forwarded lines stop, and a local Ray's processes go, now rather than
+    at exit."""
+    if _RAY_CONNECTED_HERE:
+        import ray
+
+        _RAY_CONNECTED_HERE.clear()
+        with contextlib.suppress(Exception):  # never hide the error that may be propagating
+            ray.shutdown()
 
 
 # Ray notices printed on every run with nothing for a lateline user to act on (the runbook explains both):
