@@ -80,6 +80,11 @@ def maintain(config: JobConfig) -> dict[str, Any]:
                 schema.VECTOR, config=ANN_INDEXES[settings.ann_index](distance_type="cosine"), replace=True
             )
             actions.append(f"{settings.ann_index} vector index")
+        elif any(name.startswith(f"{schema.VECTOR}_") for name in before["indexes"]):  # built when the table was bigger
+            actions.append(
+                f"vector index kept, not retrained: {before['rows']:,} rows < maintain.ann_min_rows "
+                f"{settings.ann_min_rows:,}"
+            )
         elif settings.ann_index != "none":  # said, so that a missing index is not a surprise
             actions.append(
                 f"no vector index yet: {before['rows']:,} rows < maintain.ann_min_rows {settings.ann_min_rows:,} "

@@ -312,6 +312,7 @@ def prepare(
             "does not read; a backfill or replay never removes anything (use sink.mode: upsert, or `lateline "
             "index` with overwrite to rebuild the table from the whole source)"
         )
+    check_summary_dir(config)
     _, frame, max_length, identity = describe_model(config.model, config.embedding.document_prefix)
     check_window(config.embedding, config.model.name_or_path, frame, max_length)
     identity = dataclasses.replace(identity, dtype=config.sink.vector_dtype)
@@ -957,6 +958,23 @@ def run_summary(
         "dead_letter_examples": tally.examples,
         "config": redacted(config),
     }
+
+
+def check_summary_dir(config: JobConfig) -> None:
+    """Raise ``ConfigError`` naming ``runtime.summary_dir`` when run summaries cannot be written there (a
+    volume this user may not write, a path through a file): found before any work, not as a failed run that
+    leaves no summary. Creates the directory, as the run would."""
+    directory = Path(config.runtime.summary_dir)
+    probe = directory / f".lateline-write-check-{os.getpid()}"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(
+            f"runtime.summary_dir: run summaries cannot be written to {str(directory)!r} "
+            f"({exc.strerror or type(exc).__name__}); give a directory this user may write"
+        ) from None
 
 
 def write_summary(config: JobConfig, run_id: str, summary: dict[str, Any]) -> Path:

@@ -407,3 +407,18 @@ def test_ray_cluster_launcher_config_has_cpu_and_gpu_workers() -> None:
     assert types[launcher["head_node_type"]]["resources"] == {"CPU": 0}, "the head runs drivers, not tasks"
     assert {"cpu", "gpu"} <= set(types)
     assert "--config" not in yaml.safe_dump(launcher) and not _literal_secrets(launcher)
+
+
+def test_ray_pods_can_write_their_volumes_as_the_images_user() -> None:
+    uid = re.search(r"useradd .*--uid (\d+)", (INFRA / "Dockerfile").read_text()).group(1)
+    for where, template in _pod_templates(_only("RayCluster")):
+        assert template["spec"].get("securityContext", {}).get("fsGroup") == int(uid), where
+
+
+def test_every_kubectl_create_names_the_namespace_the_cluster_lives_in() -> None:
+    # What an operator types (the CronJob's own kubectl runs inside the namespace, and the namespace is made first).
+    texts = [*INFRA.rglob("*.yaml"), INFRA / "README.md", INFRA.parent / "docs" / "runbook.md"]
+    commands = [re.sub(r"^[#\s`]+", "", line) for path in texts for line in path.read_text().splitlines()]
+    typed = [c for c in commands if "kubectl" in c and " create " in c and "namespace lateline" not in c]
+    typed = [c for c in typed if "/templates/" not in c and "kubectl create configmap" not in c]  # prose
+    assert len(typed) >= 6 and all("-n lateline" in c for c in typed), [c for c in typed if "-n lateline" not in c]

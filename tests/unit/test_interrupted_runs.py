@@ -136,3 +136,17 @@ def test_a_heartbeat_is_written_whole_so_a_job_killed_while_writing_it_is_still_
     with TableLock(str(tmp_path / "db"), "chunks", "next") as taker:
         assert taker.taken_over["run_id"] == "writer"
         assert not staged.exists(), "the staged heartbeat of a killed job is removed by the job taking over"
+
+
+def test_a_summary_dir_that_cannot_be_written_is_a_config_error_before_any_work(tmp_path: Path) -> None:
+    from pipeline.config import ConfigError, parse_config
+    from pipeline.runner import check_summary_dir
+
+    (tmp_path / "a-file").write_text("")
+    source = {"uri": "x", "format": "jsonl"}
+    bad = parse_config({"source": source, "runtime": {"summary_dir": str(tmp_path / "a-file" / "runs")}})
+    with pytest.raises(ConfigError, match=r"^runtime\.summary_dir: run summaries cannot be written to .*a-file/runs"):
+        check_summary_dir(bad)
+    good = parse_config({"source": source, "runtime": {"summary_dir": str(tmp_path / "new" / "runs")}})
+    check_summary_dir(good)
+    assert list((tmp_path / "new" / "runs").iterdir()) == [], "created, and the probe is gone"

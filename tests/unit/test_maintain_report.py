@@ -51,3 +51,6 @@ def test_maintain_with_no_retention_says_so_in_its_own_words_and_builds_every_in
     assert report["after"]["indexes"] == ["chunk_id_idx", "text_idx", "vector_idx"]
     reopened = db.open_table("chunks")
     assert reopened.search("spans", query_type="fts").limit(1).to_list(), "the full-text index answers"
+    # Below the threshold later (rows deleted, or the threshold raised), the index built before is said kept.
+    fewer = parse_config(config.model_dump() | {"maintain": keys | {"ann_min_rows": 1000}})
+    assert "vector index kept, not retrained: 300 rows < maintain.ann_min_rows 1,000" in maintain(fewer)["actions"]
