@@ -963,18 +963,22 @@ def run_summary(
 def check_summary_dir(config: JobConfig) -> None:
     """Raise ``ConfigError`` naming ``runtime.summary_dir`` when run summaries cannot be written there (a
     volume this user may not write, a path through a file): found before any work, not as a failed run that
-    leaves no summary. Creates the directory, as the run would."""
-    directory = Path(config.runtime.summary_dir)
-    probe = directory / f".lateline-write-check-{os.getpid()}"
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
+    leaves no summary. Creates nothing: the nearest part of the path that exists must be a directory this
+    user may write."""
+    directory = Path(config.runtime.summary_dir).absolute()
+    existing = next(path for path in (directory, *directory.parents) if path.exists())
+    problem = (
+        f"{str(existing)!r} is not a directory"
+        if not existing.is_dir()
+        else f"this user may not write {str(existing)!r}"
+        if not os.access(existing, os.W_OK | os.X_OK)
+        else None
+    )
+    if problem:
         raise ConfigError(
-            f"runtime.summary_dir: run summaries cannot be written to {str(directory)!r} "
-            f"({exc.strerror or type(exc).__name__}); give a directory this user may write"
-        ) from None
+            f"runtime.summary_dir: run summaries cannot be written to {config.runtime.summary_dir!r} ({problem}); "
+            "give a directory this user may write"
+        )
 
 
 def write_summary(config: JobConfig, run_id: str, summary: dict[str, Any]) -> Path:
