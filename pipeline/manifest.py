@@ -31,7 +31,7 @@ from pipeline.config import SourceConfig
 from pipeline.deadletters import ObjectLetters
 from pipeline.known import KnownDocuments
 from pipeline.sink import connect, delete_in, table_names
-from pipeline.sources import SourceObject
+from pipeline.sources import SourceObject, glob_head
 
 SUFFIX = "__objects"
 MANIFEST = pa.schema(
@@ -120,8 +120,8 @@ def text_root(uri: str) -> str:
     head folder, else ``uri`` itself, with no trailing slash and local paths made absolute (``docs/``,
     ``./docs`` and ``docs/*.md`` give one root)."""
     protocol, path = split_protocol(uri)
-    if any(char in path for char in "*?["):
-        path = path.split("*")[0].split("?")[0].split("[")[0].rsplit("/", 1)[0]
+    head = glob_head(path)
+    path = path if head is None else head
     if protocol in (None, "file", "local"):
         return os.path.abspath(os.path.expanduser(path))
     return f"{protocol}://{path.rstrip('/')}"

@@ -106,10 +106,18 @@ def _source_root(source: SourceConfig) -> str | None:
         return None
 
 
+def glob_head(path: str) -> str | None:
+    """PURE: the folder before a glob's first wildcard (``docs`` of ``docs/*.md``); ``None`` for a plain path."""
+    if not any(ch in path for ch in _GLOB_CHARS):
+        return None
+    return path.split("*")[0].split("?")[0].split("[")[0].rsplit("/", 1)[0]
+
+
 def _root(fs: fsspec.AbstractFileSystem, path: str) -> str:
     """The folder that relative document ids are taken from: the non-glob head, the directory, or the parent."""
-    if any(ch in path for ch in _GLOB_CHARS):
-        return path.split("*")[0].split("?")[0].split("[")[0].rsplit("/", 1)[0]
+    head = glob_head(path)
+    if head is not None:
+        return head
     return path if fs.isdir(path) else path.rsplit("/", 1)[0]
 
 
