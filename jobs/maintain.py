@@ -1,4 +1,5 @@
-"""``lateline maintain``: compact the table, clean up old versions, build or update its indexes."""
+"""``lateline maintain``: compact the table, clean up old versions, build its indexes or add new rows to them
+(the vector index is retrained once the table has grown to maintain.ann_retrain_growth times its training rows)."""
 
 from __future__ import annotations
 
@@ -14,11 +15,16 @@ from pipeline.runner import EXIT_CODES
 def main(argv: list[str] | None = None) -> int:
     p = job_parser("maintain", __doc__)
     config_arguments(p)
-    _, config = parse(p, argv)
+    p.add_argument(
+        "--rebuild-indexes",
+        action="store_true",
+        help="rebuild every index and retrain the vector index, whatever they cover (e.g. after a LanceDB upgrade)",
+    )
+    args, config = parse(p, argv)
     if isinstance(config, int):
         return config
     try:
-        report = maintain(config)
+        report = maintain(config, rebuild_indexes=args.rebuild_indexes)
     except NothingToMaintain as exc:
         return fail(str(exc), "config")
     except TableLocked as exc:

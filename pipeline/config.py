@@ -217,13 +217,16 @@ class RuntimeConfig(_Strict):
 class MaintainConfig(_Strict):
     """``lateline maintain``: compact fragments, drop versions older than ``retain_versions_hours``, and build or
     update the indexes: an ANN index on ``vector`` (once the table has ``ann_min_rows`` rows), a full-text
-    index on ``text`` and a scalar index on ``chunk_id`` (speeds up upserts). ``after_run`` runs it after
-    every index/backfill job."""
+    index on ``text`` and a scalar index on ``chunk_id`` (speeds up upserts). Each index is built once and then
+    updated with the new rows; the vector index is trained again when the table has grown to
+    ``ann_retrain_growth`` times the rows it was trained on (1 retrains it on every run). ``after_run`` runs it
+    after every index/backfill job."""
 
     compact: bool = True
     retain_versions_hours: float = Field(default=168.0, ge=0)
     ann_index: Literal["none", "ivf_pq", "hnsw"] = "ivf_pq"
     ann_min_rows: int = Field(default=5_000, gt=0)
+    ann_retrain_growth: float = Field(default=2.0, ge=1.0)
     fts: bool = True
     after_run: bool = False
 

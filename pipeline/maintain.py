@@ -5,30 +5,55 @@
 - a BTREE scalar index on ``chunk_id`` makes upsert commits (``merge_insert``) cheap on big tables;
 - the ANN index on ``vector`` (cosine; ``ivf_pq`` or ``hnsw``) is built once the table has
   ``maintain.ann_min_rows`` rows (before that a flat search is exact and fast); a full-text index on ``text``.
+
+Each index is built once. Later runs add the rows written since to it (the compaction step, LanceDB's
+``optimize``, does that incrementally), so a nightly maintain costs what the night's new rows cost, not the
+table's size. The vector index is trained again only when the table has grown to
+``maintain.ann_retrain_growth`` times the rows it was trained on, when its updates have piled up into
+``MAX_VECTOR_SEGMENTS`` segments (each is searched on its own), or when the configured kind changed.
+``--rebuild-indexes`` rebuilds every index. With ``compact: false`` nothing updates an index incrementally, so
+an index with rows it does not cover is rebuilt.
 Safe to run while nothing writes the table; it takes the table lock like the writing jobs.
 """
 
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from lancedb.index import FTS, BTree, HnswSq, IvfPq
 
 from pipeline import schema
-from pipeline.config import JobConfig
+from pipeline.allocator import environment
+from pipeline.config import JobConfig, MaintainConfig
 from pipeline.lock import TableLock
 from pipeline.runner import log, new_run_id
 from pipeline.sink import missing_table, open_table
 
 # The index builders of ``maintain.ann_index`` (LanceDB's index configs; ``hnsw`` is HNSW over IVF partitions,
-# scalar-quantised).
+# scalar-quantised) and the ``index_type`` LanceDB lists for each.
 ANN_INDEXES = {"ivf_pq": IvfPq, "hnsw": HnswSq}
+ANN_INDEX_TYPES = {"ivf_pq": "IvfPq", "hnsw": "IvfHnswSq"}
+# LanceDB's optimize adds each run's new rows to a vector index as a segment of its own, and a search visits
+# every segment: past this many, the index is retrained into one.
+MAX_VECTOR_SEGMENTS = 10
 
 
 class NothingToMaintain(RuntimeError):
     """The table does not exist."""
+
+
+@dataclass(frozen=True)
+class IndexState:
+    """What LanceDB says of one index: its kind, the rows it covers and misses, its segments."""
+
+    name: str
+    index_type: str
+    indexed_rows: int
+    unindexed_rows: int
+    segments: int
 
 
 def table_shape(table: Any) -> dict[str, Any]:
@@ -54,13 +79,65 @@ def compaction_action(before: int, after: int) -> str:
     return f"compaction: nothing to merge ({after:,} fragment{'' if after == 1 else 's'})"
 
 
-def maintain(config: JobConfig) -> dict[str, Any]:
-    """Compact, clean up and (re)build indexes per ``config.maintain``; returns the table's shape before/after."""
+def index_states(table: Any) -> dict[str, IndexState]:
+    """The table's indexes by the column they index (lateline's are each on one column)."""
+    states = {}
+    for index in table.list_indices():
+        stats = table.index_stats(index.name)
+        states[index.columns[0]] = IndexState(
+            index.name, index.index_type, stats.num_indexed_rows, stats.num_unindexed_rows, stats.num_indices
+        )
+    return states
+
+
+def kept_index_action(label: str, state: IndexState) -> str:
+    """What happened to an index that was kept: the rows compaction added to it, or nothing."""
+    if state.unindexed_rows:
+        return f"{label} index: {state.unindexed_rows:,} new rows added"
+    return f"{label} index up to date"
+
+
+def vector_retrain_reason(
+    state: IndexState, rows: int, trained_rows: int | None, settings: MaintainConfig
+) -> str | None:
+    """Why the vector index ``state`` must be trained again on a table of ``rows`` rows, or ``None`` to keep it
+    (and add the new rows to it). ``trained_rows`` is the rows it was trained on, ``None`` when unknown."""
+    wanted = ANN_INDEX_TYPES[settings.ann_index]
+    if state.index_type != wanted:
+        return f"it was {state.index_type}, maintain.ann_index is {settings.ann_index!r}"
+    if trained_rows is None:
+        return "the rows it was trained on cannot be read"
+    if rows >= settings.ann_retrain_growth * trained_rows:
+        return (
+            f"{rows:,} rows, {rows / max(trained_rows, 1):.1f}x the {trained_rows:,} it was trained on "
+            f"(maintain.ann_retrain_growth {settings.ann_retrain_growth:g})"
+        )
+    if state.segments >= MAX_VECTOR_SEGMENTS:
+        return f"{state.segments} segments, one per update (searches visit each)"
+    return None
+
+
+def trained_rows(table: Any, index_name: str) -> int | None:
+    """The rows the vector index was trained on: its first segment's (later ones hold the rows added since),
+    from Lance's index statistics; ``None`` when they cannot be read."""
+    try:
+        return int(table.to_lance().stats.index_stats(index_name)["num_indexed_rows_per_delta"][0])
+    except Exception:  # an older or newer Lance without the field: retrain, as before incremental updates
+        return None
+
+
+def maintain(config: JobConfig, rebuild_indexes: bool = False) -> dict[str, Any]:
+    """Compact, clean up, and build or update indexes per ``config.maintain``; ``rebuild_indexes`` rebuilds
+    (and retrains) every index. Returns the table's shape before/after and what was done, in words.
+    Raises ``NothingToMaintain`` when the table does not exist, ``TableLocked`` when a job is writing it."""
     sink, settings = config.sink, config.maintain
     table = open_table(sink.uri, sink.table, sink.storage_options)
     if table is None:
         raise NothingToMaintain(missing_table(sink.uri, sink.table, sink.storage_options))
-    with TableLock(sink.uri, sink.table, new_run_id(), sink.storage_options), warnings.catch_warnings():
+    # Lance warns, when it updates an HNSW index, that its index statistics will soon leave out the centroids;
+    # lateline reads none, so it takes the coming behaviour now and the warning goes.
+    quiet = environment({"LANCE_INCLUDE_VECTOR_CENTROIDS": "false"})
+    with TableLock(sink.uri, sink.table, new_run_id(), sink.storage_options), warnings.catch_warnings(), quiet:
         # Lance's warning names its own argument (cleanup_older_than); the line below names lateline's key.
         warnings.filterwarnings("ignore", message=r".*removes every version except the latest", category=UserWarning)
         if settings.compact and settings.retain_versions_hours == 0:
@@ -69,31 +146,67 @@ def maintain(config: JobConfig) -> dict[str, Any]:
                 "search or job reading an older version at this moment fails, and no version is left to go back to"
             )
         before = table_shape(table)
+        indexes = index_states(table)  # read before compaction, which adds the new rows to them
         actions = []
-        if settings.compact:
+        if settings.compact:  # LanceDB's optimize: compaction, cleanup, and new rows added to existing indexes
             table.optimize(cleanup_older_than=timedelta(hours=settings.retain_versions_hours))
             actions.append(compaction_action(before["fragments"], fragment_count(table)))
-        table.create_index(schema.CHUNK_ID, config=BTree(), replace=True)
-        actions.append("chunk_id index")
-        if settings.ann_index != "none" and before["rows"] >= settings.ann_min_rows:
-            table.create_index(
-                schema.VECTOR, config=ANN_INDEXES[settings.ann_index](distance_type="cosine"), replace=True
-            )
-            actions.append(f"{settings.ann_index} vector index")
-        elif any(name.startswith(f"{schema.VECTOR}_") for name in before["indexes"]):  # built when the table was bigger
-            actions.append(
-                f"vector index kept, not retrained: {before['rows']:,} rows < maintain.ann_min_rows "
-                f"{settings.ann_min_rows:,}"
-            )
-        elif settings.ann_index != "none":  # said, so that a missing index is not a surprise
-            actions.append(
-                f"no vector index yet: {before['rows']:,} rows < maintain.ann_min_rows {settings.ann_min_rows:,} "
-                "(search scans every vector, exact and fast at this size)"
-            )
+        upkeep = _IndexUpkeep(table, settings, indexes, rebuild_indexes)
+        actions.append(upkeep.scalar(schema.CHUNK_ID, "chunk_id", BTree()))
+        actions.append(upkeep.vector(before["rows"]))
         if settings.fts:
-            table.create_index(schema.TEXT, config=FTS(), replace=True)
-            actions.append("text full-text index")
-        if settings.compact:  # drop the versions the index builds just made, within the retention rule
-            # Lance's own cleanup: LanceDB's optimize() would also update the indexes, a new version after it.
+            actions.append(upkeep.scalar(schema.TEXT, "text full-text", FTS()))
+        if settings.compact:  # drop the versions the index updates and builds made, within the retention rule
+            # Lance's own cleanup: LanceDB's optimize() updates the indexes after its cleanup, a version after it.
             table.to_lance().cleanup_old_versions(older_than=timedelta(hours=settings.retain_versions_hours))
         return {"table": sink.table, "actions": actions, "before": before, "after": table_shape(table)}
+
+
+class _IndexUpkeep:
+    """Builds the indexes a table lacks and keeps the others, rebuilding one only when it must."""
+
+    def __init__(self, table: Any, settings: MaintainConfig, states: dict[str, IndexState], rebuild: bool) -> None:
+        self.table, self.settings, self.states, self.rebuild = table, settings, states, rebuild
+
+    def scalar(self, column: str, label: str, index_config: Any) -> str:
+        """Build the index on ``column`` if missing (or stale, see :meth:`_stale`); else say what compaction
+        added to it."""
+        state = self.states.get(column)
+        if state is None or self._stale(state):
+            return self._build(column, index_config, f"{label} index {'built' if state is None else 'rebuilt'}")
+        return kept_index_action(label, state)
+
+    def vector(self, rows: int) -> str:
+        settings, state = self.settings, self.states.get(schema.VECTOR)
+        kind = settings.ann_index
+        if kind != "none" and rows >= settings.ann_min_rows:
+            index_config = ANN_INDEXES[kind](distance_type="cosine")
+            if state is None:
+                return self._build(schema.VECTOR, index_config, f"{kind} vector index built on {rows:,} rows")
+            reason = "--rebuild-indexes" if self.rebuild else None
+            reason = reason or vector_retrain_reason(state, rows, trained_rows(self.table, state.name), settings)
+            if reason is None and self._stale(state):
+                reason = f"{state.unindexed_rows:,} rows it does not cover and no compaction to add them"
+            if reason is not None:
+                return self._build(schema.VECTOR, index_config, f"{kind} vector index retrained: {reason}")
+            return kept_index_action(f"{kind} vector", state)
+        if state is not None:  # built when the table was bigger (or the threshold lower): compaction updates it
+            return (
+                f"vector index kept, not retrained: {rows:,} rows < maintain.ann_min_rows {settings.ann_min_rows:,}"
+                if kind != "none"
+                else "vector index kept: maintain.ann_index is 'none'"
+            )
+        if kind != "none":  # said, so that a missing index is not a surprise
+            return (
+                f"no vector index yet: {rows:,} rows < maintain.ann_min_rows {settings.ann_min_rows:,} "
+                "(search scans every vector, exact and fast at this size)"
+            )
+        return "no vector index (maintain.ann_index is 'none')"
+
+    def _stale(self, state: IndexState) -> bool:
+        """Rebuild: asked to, or it misses rows that nothing else will add (no compaction this run)."""
+        return self.rebuild or (not self.settings.compact and state.unindexed_rows > 0)
+
+    def _build(self, column: str, index_config: Any, action: str) -> str:
+        self.table.create_index(column, config=index_config, replace=True)
+        return action
