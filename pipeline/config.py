@@ -15,7 +15,12 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from pipeline.storage_options import as_lance_options, fsspec_option_problems, lance_option_problems
+from pipeline.storage_options import (
+    as_lance_options,
+    fsspec_option_problems,
+    lance_option_problems,
+    local_path_problems,
+)
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -73,7 +78,19 @@ class SourceConfig(_Strict):
     @field_validator("storage_options")
     @classmethod
     def _fsspec_keys(cls, options: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
-        return _checked_options(options, fsspec_option_problems(info.data.get("uri", ""), options))
+        uri = info.data.get("uri", "")
+        return _checked_options(options, local_path_problems(uri, options) or fsspec_option_problems(uri, options))
+
+    @field_validator("metadata_fields")
+    @classmethod
+    def _not_the_text(cls, fields: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        text_field = info.data.get("text_field")
+        if text_field in fields:  # every chunk's metadata would carry the whole document again
+            raise ValueError(
+                f"{text_field!r} is source.text_field: each chunk already holds its span of the text (its `text` "
+                f"column), and metadata would copy the whole document into every chunk (got {list(fields)})"
+            )
+        return fields
 
     @field_validator("include")
     @classmethod
@@ -181,7 +198,8 @@ class SinkConfig(_Strict):
     @classmethod
     def _lance_keys(cls, options: dict[str, Any], info: ValidationInfo) -> dict[str, str]:
         strings, unusable = as_lance_options(options)
-        misnamed = lance_option_problems(info.data.get("uri", ""), options)
+        uri = info.data.get("uri", "")
+        misnamed = local_path_problems(uri, options) or lance_option_problems(uri, options)
         return _checked_options(strings, misnamed or unusable, given=options)
 
 

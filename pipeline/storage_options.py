@@ -176,6 +176,18 @@ def _named_parameters(function: Any) -> set[str]:
     return {name for name, p in inspect.signature(function).parameters.items() if p.kind in named} - {"self"}
 
 
+def local_path_problems(uri: str, options: dict[str, Any]) -> list[str]:
+    """Options given for a local path, which uses none of them (say an ``endpoint_url`` meant for a bucket)."""
+    if not options or not is_local_path(uri):
+        return []
+    return [f"{uri!r} is a local path, which takes no storage options (they are for s3:// URIs)"]
+
+
+def is_local_path(uri: str) -> bool:
+    """A path on this machine's file system: no scheme, or ``file://``."""
+    return "://" not in uri or uri.lower().startswith("file://")
+
+
 def fsspec_option_problems(uri: str, options: dict[str, Any]) -> list[str]:
     """Why keys of ``options`` cannot be meant for fsspec at ``uri`` (empty when they can, or ``uri`` is not S3)."""
     if not _is_s3(uri):

@@ -73,6 +73,26 @@ def test_an_empty_include_list_is_refused_naming_the_key() -> None:
     assert parse_config({"source": {**SOURCE, "include": ["*.txt"]}}).source.include == ("*.txt",)
 
 
+def test_the_text_field_as_metadata_is_refused_naming_both_keys() -> None:
+    message = error_of({"source": {**SOURCE, "metadata_fields": ["title", "text"]}})
+    assert message.startswith("source.metadata_fields: 'text' is source.text_field") and "['title', 'text']" in message
+    body = parse_config({"source": {**SOURCE, "text_field": "body", "metadata_fields": ["text"]}})
+    assert body.source.metadata_fields == ("text",), "a field named text is fine when the text is in another"
+
+
+@pytest.mark.parametrize("uri", ["data/sample", "/abs/docs/", "file:///abs/docs"])
+def test_storage_options_for_a_local_path_are_refused_without_showing_values(uri: str) -> None:
+    message = error_of({"source": {**SOURCE, "uri": uri, "storage_options": {"endpoint_url": "http://secret:9000"}}})
+    assert message == (
+        f"source.storage_options: {uri!r} is a local path, which takes no storage options (they are for s3:// "
+        "URIs) (got keys 'endpoint_url')"
+    )
+    sink = error_of({"source": SOURCE, "sink": {"uri": uri, "storage_options": {"aws_endpoint": "http://h:9000"}}})
+    assert sink.startswith(f"sink.storage_options: {uri!r} is a local path") and "secret" not in message
+    s3 = {"uri": "s3://bucket/docs/", "format": "jsonl", "storage_options": {"endpoint_url": "http://h:9000"}}
+    assert parse_config({"source": s3}).source.storage_options == {"endpoint_url": "http://h:9000"}
+
+
 def test_missing_source_is_named() -> None:
     assert error_of({}) == "source: required key is missing"
 

@@ -38,13 +38,16 @@ def test_an_object_storage_model_takes_only_s3fs_keys() -> None:
     assert "model.storage_options: 'aws_endpoint' is LanceDB's name" in _error({"source": SOURCE, "model": model})
 
 
-def test_s3fs_keys_pass_and_local_paths_are_not_checked() -> None:
+def test_s3fs_keys_pass_and_other_filesystems_are_not_checked() -> None:
     options = {"endpoint_url": "http://x", "key": "k", "secret": "s", "client_kwargs": {}, "anon": False}
     options |= {"config_kwargs": {}, "use_listings_cache": False, "skip_instance_cache": True}
     assert set(options) <= s3fs_keys()
     assert parse_config({"source": {**SOURCE, "storage_options": options}}).source.storage_options == options
+    gcs = {"uri": "gs://bucket/docs/", "format": "jsonl", "storage_options": {"anything": 1}}
+    assert parse_config({"source": gcs}).source.storage_options == {"anything": 1}
     local = {"uri": "data/sample", "format": "jsonl", "storage_options": {"anything": 1}}
-    assert parse_config({"source": local}).source.storage_options == {"anything": 1}
+    with pytest.raises(ConfigError, match="is a local path, which takes no storage options"):
+        parse_config({"source": local})
 
 
 @pytest.mark.parametrize(
