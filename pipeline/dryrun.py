@@ -3,9 +3,11 @@
 Sampling reads up to ``SAMPLE_OBJECTS`` objects drawn at random (seeded: the same listing gives the same sample),
 each up to ``SAMPLE_DOCS`` documents. The source's documents: for ``text``, one per object; for ``parquet``,
 the sampled files' row counts (from their footers) per byte of file, times the listed bytes; for ``jsonl``,
-the documents per byte of the sampled objects read to their end, or when none was, per byte of the sampled
-records' text (a raw snippet for a record without text; undercounts gzipped JSONL, whose bytes are
-compressed). Tokens, unchanged documents and bad records are the sample's per document, times those documents.
+the records per stored byte of the sampled objects: those read to their end, and of the others their first
+``PREFIX_BYTES`` (non-blank lines counted, after gunzipping a ``.gz``: per byte as stored, so compressed objects
+count right); when neither can be had (another compression), per byte of the sampled records' text (a raw
+snippet for a record without text). Tokens, unchanged documents and bad records are the sample's per document,
+times those documents.
 ``--limit N`` scales them to N documents, at most those of the objects the run would read.
 
 Throughput comes from the newest successful run in ``runtime.summary_dir`` with the same model and embedding
@@ -26,12 +28,14 @@ import json
 import os
 import random
 import time
+import zlib
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 from fsspec.core import url_to_fs
+from fsspec.utils import infer_compression
 
 from pipeline import schema
 from pipeline.config import JobConfig
@@ -46,6 +50,7 @@ from pipeline.storage_options import as_s3fs_options
 
 SAMPLE_OBJECTS = 5
 SAMPLE_DOCS = 200
+PREFIX_BYTES = 1 << 20  # stored bytes of a JSONL object not read to its end whose lines are counted
 BENCHMARK_TOKENS = 20_000
 MIN_BASIS_TOKENS = 20_000  # document tokens a run must have embedded to serve as the throughput basis
 # Start-up when no earlier run measured it: Ray's start, an actor's imports and model load (12-16 s measured on
@@ -100,8 +105,9 @@ def _source_documents(source_format: str, objects: list, total_bytes: int, sampl
         return float(len(objects))
     if source_format == "parquet" and sample["footer_bytes"]:
         return sample["footer_rows"] * total_bytes / sample["footer_bytes"]
-    if sample["bytes"]:  # the objects read to their end: their documents per byte
-        return sample["complete_docs"] * total_bytes / sample["bytes"]
+    if sample["bytes"] or sample["prefix_bytes"]:  # objects read to their end, and prefixes: records per byte
+        records = sample["complete_docs"] + sample["prefix_lines"]
+        return records * total_bytes / (sample["bytes"] + sample["prefix_bytes"])
     # None was: every sampled record per byte of its text (of its raw snippet, for a record with no text)
     return sample["docs"] * total_bytes / sample["record_bytes"] if sample["record_bytes"] else 0.0
 
@@ -143,6 +149,8 @@ def _sample(objects: list, config: JobConfig, digest: str, known: KnownDocuments
         "footer_bytes": 0,
         "complete_docs": 0,  # records of the objects read to their end (whose bytes "bytes" sums)
         "record_bytes": 0,  # bytes of every sampled record's text, or raw snippet when it has none
+        "prefix_lines": 0,  # jsonl objects not read to their end: lines in their first stored bytes, and those
+        "prefix_bytes": 0,
     }
     for obj, row in zip(chosen, objects_table(chosen, known).to_pylist()):
         complete = True
@@ -157,6 +165,10 @@ def _sample(objects: list, config: JobConfig, digest: str, known: KnownDocuments
         if complete and obj.size:
             totals["bytes"] += obj.size
             totals["complete_docs"] += totals["docs"] - docs_before
+        elif obj.size and config.source.format == "jsonl":
+            lines, stored = jsonl_prefix_lines(obj.path, config.source) or (0, 0)
+            totals["prefix_lines"] += lines
+            totals["prefix_bytes"] += stored
         rows = _parquet_rows(obj.path, config.source) if config.source.format == "parquet" and obj.size else None
         if rows is not None:
             totals["footer_rows"] += rows
@@ -175,6 +187,42 @@ def _parquet_rows(path: str, source: Any) -> int | None:
             return pq.ParquetFile(handle).metadata.num_rows
     except (OSError, ValueError, pa.ArrowException):
         return None
+
+
+def jsonl_prefix_lines(path: str, source: Any, limit: int = PREFIX_BYTES) -> tuple[int, int] | None:
+    """``(records, stored bytes)`` of a JSONL object's first ``limit`` stored bytes: its complete non-blank
+    lines, gunzipped first for a ``.gz`` name; ``None`` for another compression or an unreadable object."""
+    compression = infer_compression(path)
+    if compression not in (None, "gzip"):
+        return None
+    try:
+        fs, local = url_to_fs(path, **source.storage_options)
+        with fs.open(local, "rb") as handle:
+            stored = handle.read(limit)
+        text = gunzipped_prefix(stored) if compression == "gzip" else stored
+    except (OSError, zlib.error):
+        return None
+    return count_records(text, whole=len(stored) < limit), len(stored)
+
+
+def gunzipped_prefix(stored: bytes) -> bytes:
+    """What the first bytes of a gzip file (one member or several) decompress to, as far as they go."""
+    out, rest = [], stored
+    while rest:
+        inflater = zlib.decompressobj(zlib.MAX_WBITS | 16)
+        out.append(inflater.decompress(rest))
+        if not inflater.eof:  # cut off inside this member: all there is
+            break
+        rest = inflater.unused_data  # the next member of a multi-member file
+    return b"".join(out)
+
+
+def count_records(text: bytes, whole: bool) -> int:
+    """Non-blank lines of JSONL ``text``; unless ``whole``, the last line (cut off) is left out."""
+    lines = text.split(b"\n")
+    if not whole:
+        lines = lines[:-1]
+    return sum(1 for line in lines if line.strip())
 
 
 def _count(doc: dict[str, Any], totals: dict[str, Any], backend: Any, text: str | None) -> None:
