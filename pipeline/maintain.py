@@ -84,6 +84,8 @@ def index_states(table: Any) -> dict[str, IndexState]:
     states = {}
     for index in table.list_indices():
         stats = table.index_stats(index.name)
+        if stats is None or not index.columns:  # (not one lateline builds)
+            continue
         states[index.columns[0]] = IndexState(
             index.name, index.index_type, stats.num_indexed_rows, stats.num_unindexed_rows, stats.num_indices
         )
@@ -101,7 +103,9 @@ def vector_retrain_reason(
     state: IndexState, rows: int, trained_rows: int | None, settings: MaintainConfig
 ) -> str | None:
     """Why the vector index ``state`` must be trained again on a table of ``rows`` rows, or ``None`` to keep it
-    (and add the new rows to it). ``trained_rows`` is the rows it was trained on, ``None`` when unknown."""
+    (and add the new rows to it). ``trained_rows``: the rows it was trained on that the table still holds
+    (rewritten or deleted rows leave them, so a table that changed as much as it grew is retrained too);
+    ``None`` when unknown."""
     wanted = ANN_INDEX_TYPES[settings.ann_index]
     if state.index_type != wanted:
         return f"it was {state.index_type}, maintain.ann_index is {settings.ann_index!r}"
@@ -109,7 +113,7 @@ def vector_retrain_reason(
         return "the rows it was trained on cannot be read"
     if rows >= settings.ann_retrain_growth * trained_rows:
         return (
-            f"{rows:,} rows, {rows / max(trained_rows, 1):.1f}x the {trained_rows:,} it was trained on "
+            f"{rows:,} rows, {rows / max(trained_rows, 1):.1f}x the {trained_rows:,} it was trained on that remain "
             f"(maintain.ann_retrain_growth {settings.ann_retrain_growth:g})"
         )
     if state.segments >= MAX_VECTOR_SEGMENTS:
@@ -118,8 +122,8 @@ def vector_retrain_reason(
 
 
 def trained_rows(table: Any, index_name: str) -> int | None:
-    """The rows the vector index was trained on: its first segment's (later ones hold the rows added since),
-    from Lance's index statistics; ``None`` when they cannot be read."""
+    """The rows the vector index was trained on that the table still holds: its first segment's (later ones
+    hold the rows added since), from Lance's index statistics; ``None`` when they cannot be read."""
     try:
         return int(table.to_lance().stats.index_stats(index_name)["num_indexed_rows_per_delta"][0])
     except Exception:  # an older or newer Lance without the field: retrain, as before incremental updates

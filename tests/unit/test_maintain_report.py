@@ -28,7 +28,7 @@ def test_the_vector_index_is_retrained_only_for_growth_piled_up_segments_or_anot
     index = IndexState("vector_idx", "IvfPq", indexed_rows=1_500, unindexed_rows=100, segments=3)
     assert vector_retrain_reason(index, rows=1_999, trained_rows=1_000, settings=settings) is None
     assert vector_retrain_reason(index, rows=2_000, trained_rows=1_000, settings=settings) == (
-        "2,000 rows, 2.0x the 1,000 it was trained on (maintain.ann_retrain_growth 2)"
+        "2,000 rows, 2.0x the 1,000 it was trained on that remain (maintain.ann_retrain_growth 2)"
     )
     piled = IndexState("vector_idx", "IvfPq", 1_500, 0, segments=MAX_VECTOR_SEGMENTS)
     assert vector_retrain_reason(piled, 1_500, 1_000, settings) == (
@@ -119,7 +119,8 @@ def test_a_second_maintain_adds_the_new_rows_to_the_indexes_it_built_and_retrain
     table.add(_rows(2, 250))  # 600 rows: twice the 300 the vector index was trained on
     actions = maintain(config)["actions"]
     assert actions[2] == (
-        "ivf_pq vector index retrained: 600 rows, 2.0x the 300 it was trained on (maintain.ann_retrain_growth 2)"
+        "ivf_pq vector index retrained: 600 rows, 2.0x the 300 it was trained on that remain "
+        "(maintain.ann_retrain_growth 2)"
     )
     table = db.open_table("chunks")
     assert table.index_stats("vector_idx").num_indices == 1
