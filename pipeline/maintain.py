@@ -18,6 +18,7 @@ Safe to run while nothing writes the table; it takes the table lock like the wri
 
 from __future__ import annotations
 
+import time
 import warnings
 from dataclasses import dataclass
 from datetime import timedelta
@@ -153,8 +154,12 @@ def maintain(config: JobConfig, rebuild_indexes: bool = False) -> dict[str, Any]
         indexes = index_states(table)  # read before compaction, which adds the new rows to them
         actions = []
         if settings.compact:  # LanceDB's optimize: compaction, cleanup, and new rows added to existing indexes
+            log(f"maintain: compacting {before['fragments']:,} fragments ({before['rows']:,} rows) ...")
+            started = time.monotonic()
             table.optimize(cleanup_older_than=timedelta(hours=settings.retain_versions_hours))
             actions.append(compaction_action(before["fragments"], fragment_count(table)))
+            added = ", new rows added to the indexes" if any(i.unindexed_rows for i in indexes.values()) else ""
+            log(f"maintain: {actions[-1]}{added} ({time.monotonic() - started:.1f} s)")
         upkeep = _IndexUpkeep(table, settings, indexes, rebuild_indexes)
         actions.append(upkeep.scalar(schema.CHUNK_ID, "chunk_id", BTree()))
         actions.append(upkeep.vector(before["rows"]))
@@ -212,5 +217,8 @@ class _IndexUpkeep:
         return self.rebuild or (not self.settings.compact and state.unindexed_rows > 0)
 
     def _build(self, column: str, index_config: Any, action: str) -> str:
+        log(f"maintain: building the {type(index_config).__name__} index on {column} ...")  # minutes on big tables
+        started = time.monotonic()
         self.table.create_index(column, config=index_config, replace=True)
+        log(f"maintain: {action} ({time.monotonic() - started:.1f} s)")
         return action
