@@ -24,12 +24,13 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import lancedb
 import numpy as np
 import pyarrow as pa
 
-from pipeline.config import parse_config
+from pipeline.config import JobConfig, parse_config
 from pipeline.maintain import maintain
 from pipeline.search import REFINE_FACTOR
 
@@ -51,12 +52,13 @@ def main(argv: list[str] | None = None) -> int:
         night = _night_change(args.rows, args.change, centres, rng)
         for name in ("incremental", "rebuild"):
             _apply(work / name, night)
+        queries = _queries(night, rng)  # the same for both copies
         timings, recalls = {}, {}
         for name in ("incremental", "rebuild"):
             started = time.perf_counter()
             report = maintain(_config(work / name), rebuild_indexes=name == "rebuild")
             timings[name] = time.perf_counter() - started
-            recalls[name] = _recall(work / name, night, rng)
+            recalls[name] = _recall(work / name, queries)
             print(f"maintain, {name:<11}: {timings[name]:6.1f} s, recall@{K} {recalls[name]:.3f}; {report['actions']}")
         changed = sum(len(batch) for batch in night["add"])
         print(
@@ -101,7 +103,7 @@ def _build_table(db: Path, rows: int, centres: np.ndarray, rng: np.random.Genera
     return time.perf_counter() - started
 
 
-def _night_change(rows: int, share: float, centres: np.ndarray, rng: np.random.Generator) -> dict:
+def _night_change(rows: int, share: float, centres: np.ndarray, rng: np.random.Generator) -> dict[str, Any]:
     """The same change for both copies: rewritten chunks (deleted, then added again) and new ones."""
     count = max(2, int(rows * share))
     rewritten = rng.choice(rows, count // 2, replace=False)
@@ -115,7 +117,7 @@ def _night_change(rows: int, share: float, centres: np.ndarray, rng: np.random.G
     return {"delete": [f"c{i}" for i in rewritten], "add": [both.take(part) for part in parts]}
 
 
-def _apply(db: Path, night: dict) -> None:
+def _apply(db: Path, night: dict[str, Any]) -> None:
     table = lancedb.connect(str(db)).open_table("chunks")
     ids = ", ".join(f"'{chunk_id}'" for chunk_id in night["delete"])
     table.delete(f"chunk_id IN ({ids})")
@@ -123,15 +125,19 @@ def _apply(db: Path, night: dict) -> None:
         table.add(batch)
 
 
-def _recall(db: Path, night: dict, rng: np.random.Generator) -> float:
-    """recall@K of the table's vector search against an exact cosine search, for queries near new rows."""
+def _queries(night: dict[str, Any], rng: np.random.Generator) -> np.ndarray:
+    """Query vectors near some of the night's new rows."""
+    added = pa.concat_tables(night["add"])["vector"].combine_chunks().flatten().to_numpy().reshape(-1, DIM)
+    picks = rng.choice(len(added), min(QUERIES, len(added)), replace=False)
+    return added[picks] + 0.1 * rng.standard_normal((len(picks), DIM)).astype(np.float32)
+
+
+def _recall(db: Path, queries: np.ndarray) -> float:
+    """recall@K of the table's vector search against an exact cosine search."""
     table = lancedb.connect(str(db)).open_table("chunks")
     stored = table.to_arrow()
     vectors = stored["vector"].combine_chunks().flatten().to_numpy().reshape(-1, DIM)
     vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-    added = pa.concat_tables(night["add"])["vector"].combine_chunks().flatten().to_numpy().reshape(-1, DIM)
-    picks = rng.choice(len(added), min(QUERIES, len(added)), replace=False)
-    queries = added[picks] + 0.1 * rng.standard_normal((len(picks), DIM)).astype(np.float32)
     ids = stored["chunk_id"].to_pylist()
     found = 0
     for query in queries:
@@ -141,7 +147,7 @@ def _recall(db: Path, night: dict, rng: np.random.Generator) -> float:
     return found / (K * len(queries))
 
 
-def _config(db: Path):
+def _config(db: Path) -> JobConfig:
     return parse_config({"source": {"uri": "unused", "format": "jsonl"}, "sink": {"uri": str(db), "table": "chunks"}})
 
 

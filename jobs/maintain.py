@@ -18,7 +18,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--rebuild-indexes",
         action="store_true",
-        help="rebuild every index and retrain the vector index, whatever they cover (e.g. after a LanceDB upgrade)",
+        help="rebuild the indexes this config maintains and retrain the vector index, whatever they cover (an "
+        "index the config no longer builds, e.g. with fts: false, is left as it is)",
     )
     args, config = parse(p, argv)
     if isinstance(config, int):

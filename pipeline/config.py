@@ -78,7 +78,9 @@ class SourceConfig(_Strict):
     @field_validator("storage_options")
     @classmethod
     def _fsspec_keys(cls, options: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
-        uri = info.data.get("uri", "")
+        if "uri" not in info.data:  # (a missing or bad uri is reported on its own)
+            return options
+        uri = info.data["uri"]
         return _checked_options(options, local_path_problems(uri, options) or fsspec_option_problems(uri, options))
 
     @field_validator("metadata_fields")
@@ -198,8 +200,8 @@ class SinkConfig(_Strict):
     @classmethod
     def _lance_keys(cls, options: dict[str, Any], info: ValidationInfo) -> dict[str, str]:
         strings, unusable = as_lance_options(options)
-        uri = info.data.get("uri", "")
-        misnamed = local_path_problems(uri, options) or lance_option_problems(uri, options)
+        uri = info.data.get("uri")
+        misnamed = [] if uri is None else local_path_problems(uri, options) or lance_option_problems(uri, options)
         return _checked_options(strings, misnamed or unusable, given=options)
 
 

@@ -51,6 +51,7 @@ from pipeline.storage_options import as_s3fs_options
 SAMPLE_OBJECTS = 5
 SAMPLE_DOCS = 200
 PREFIX_BYTES = 1 << 20  # stored bytes of a JSONL object not read to its end whose lines are counted
+GUNZIP_CAP = 64 << 20  # text inflated from a gzip prefix at most
 BENCHMARK_TOKENS = 20_000
 MIN_BASIS_TOKENS = 20_000  # document tokens a run must have embedded to serve as the throughput basis
 # Start-up when no earlier run measured it: Ray's start, an actor's imports and model load (12-16 s measured on
@@ -190,39 +191,54 @@ def _parquet_rows(path: str, source: Any) -> int | None:
 
 
 def jsonl_prefix_lines(path: str, source: Any, limit: int = PREFIX_BYTES) -> tuple[int, int] | None:
-    """``(records, stored bytes)`` of a JSONL object's first ``limit`` stored bytes: its complete non-blank
-    lines, gunzipped first for a ``.gz`` name; ``None`` for another compression or an unreadable object."""
+    """``(records, stored bytes)`` of a JSONL object's first ``limit`` stored bytes (a ranged read): its
+    complete non-blank lines, gunzipped first for a ``.gz`` name, and the stored bytes that held them (for
+    gzip, in proportion to the text). ``None`` for another compression, an unreadable object, or a prefix
+    without a complete line (records longer than the prefix)."""
     compression = infer_compression(path)
     if compression not in (None, "gzip"):
         return None
     try:
         fs, local = url_to_fs(path, **source.storage_options)
-        with fs.open(local, "rb") as handle:
-            stored = handle.read(limit)
-        text = gunzipped_prefix(stored) if compression == "gzip" else stored
-    except (OSError, zlib.error):
+        stored = fs.cat_file(local, start=0, end=limit)  # no read-ahead: s3fs would fetch its whole block
+    except (OSError, ValueError):
         return None
-    return count_records(text, whole=len(stored) < limit), len(stored)
+    text, used = gunzipped_prefix(stored) if compression == "gzip" else (stored, len(stored))
+    whole = len(stored) < limit and used == len(stored)  # the object's every byte, decoded
+    records, text_used = count_records(text, whole)
+    if not records:
+        return None
+    return records, round(used * text_used / len(text))
 
 
-def gunzipped_prefix(stored: bytes) -> bytes:
-    """What the first bytes of a gzip file (one member or several) decompress to, as far as they go."""
-    out, rest = [], stored
-    while rest:
-        inflater = zlib.decompressobj(zlib.MAX_WBITS | 16)
-        out.append(inflater.decompress(rest))
-        if not inflater.eof:  # cut off inside this member: all there is
+def gunzipped_prefix(stored: bytes, cap: int = GUNZIP_CAP) -> tuple[bytes, int]:
+    """``(text, stored bytes decoded)`` of the first bytes of a gzip file: one member or several, zero padding
+    between them skipped as gzip readers do, at most ``cap`` bytes of text (a highly compressed prefix need
+    not be inflated whole); a member that cannot be decoded ends it, keeping what came before."""
+    out, size, position = [], 0, 0
+    while size < cap:
+        while position < len(stored) and stored[position] == 0:
+            position += 1
+        if position >= len(stored):
             break
-        rest = inflater.unused_data  # the next member of a multi-member file
-    return b"".join(out)
+        inflater = zlib.decompressobj(zlib.MAX_WBITS | 16)
+        try:
+            chunk = inflater.decompress(stored[position:], cap - size)
+        except zlib.error:  # junk after the last member
+            break
+        out.append(chunk)
+        size += len(chunk)
+        position = len(stored) - len(inflater.unconsumed_tail) - len(inflater.unused_data)
+        if not inflater.eof:  # cut off inside this member, or at the cap
+            break
+    return b"".join(out), position
 
 
-def count_records(text: bytes, whole: bool) -> int:
-    """Non-blank lines of JSONL ``text``; unless ``whole``, the last line (cut off) is left out."""
-    lines = text.split(b"\n")
-    if not whole:
-        lines = lines[:-1]
-    return sum(1 for line in lines if line.strip())
+def count_records(text: bytes, whole: bool) -> tuple[int, int]:
+    """``(non-blank lines, bytes of text they take)`` of JSONL ``text``; unless ``whole``, up to its last
+    newline (the line after it is cut off)."""
+    end = len(text) if whole else text.rfind(b"\n") + 1
+    return sum(1 for line in text[:end].split(b"\n") if line.strip()), end
 
 
 def _count(doc: dict[str, Any], totals: dict[str, Any], backend: Any, text: str | None) -> None:

@@ -10,9 +10,9 @@ Each index is built once. Later runs add the rows written since to it (the compa
 ``optimize``, does that incrementally), so a nightly maintain costs what the night's new rows cost, not the
 table's size. The vector index is trained again only when the table has grown to
 ``maintain.ann_retrain_growth`` times the rows it was trained on, when its updates have piled up into
-``MAX_VECTOR_SEGMENTS`` segments (each is searched on its own), or when the configured kind changed.
-``--rebuild-indexes`` rebuilds every index. With ``compact: false`` nothing updates an index incrementally, so
-an index with rows it does not cover is rebuilt.
+``MAX_VECTOR_SEGMENTS`` segments (each is searched on its own; compaction adds one per run with new rows),
+or when the configured kind changed. ``--rebuild-indexes`` rebuilds the indexes the config maintains. With
+``compact: false`` nothing updates an index incrementally, so an index with rows it does not cover is rebuilt.
 Safe to run while nothing writes the table; it takes the table lock like the writing jobs.
 """
 
@@ -48,11 +48,10 @@ class NothingToMaintain(RuntimeError):
 
 @dataclass(frozen=True)
 class IndexState:
-    """What LanceDB says of one index: its kind, the rows it covers and misses, its segments."""
+    """What LanceDB says of one index: its kind, the rows it misses, its segments."""
 
     name: str
     index_type: str
-    indexed_rows: int
     unindexed_rows: int
     segments: int
 
@@ -84,12 +83,14 @@ def index_states(table: Any) -> dict[str, IndexState]:
     """The table's indexes by the column they index (lateline's are each on one column)."""
     states = {}
     for index in table.list_indices():
-        stats = table.index_stats(index.name)
-        if stats is None or not index.columns:  # (not one lateline builds)
+        if not index.columns:
             continue
-        states[index.columns[0]] = IndexState(
-            index.name, index.index_type, stats.num_indexed_rows, stats.num_unindexed_rows, stats.num_indices
-        )
+        try:
+            stats = table.index_stats(index.name)
+        except Exception:  # kept as it is: no statistics say it misses rows
+            stats = None
+        unindexed, segments = (stats.num_unindexed_rows, stats.num_indices) if stats is not None else (0, 1)
+        states[index.columns[0]] = IndexState(index.name, index.index_type, unindexed, segments)
     return states
 
 
@@ -101,20 +102,22 @@ def kept_index_action(label: str, state: IndexState) -> str:
 
 
 def vector_retrain_reason(
-    state: IndexState, rows: int, trained_rows: int | None, settings: MaintainConfig
+    state: IndexState, rows: int, trained_rows: int | str, settings: MaintainConfig
 ) -> str | None:
     """Why the vector index ``state`` must be trained again on a table of ``rows`` rows, or ``None`` to keep it
     (and add the new rows to it). ``trained_rows``: the rows it was trained on that the table still holds
-    (rewritten or deleted rows leave them, so a table that changed as much as it grew is retrained too);
-    ``None`` when unknown."""
+    (rewritten or deleted rows leave them, so a table that changed as much as it grew is retrained too), or
+    why they cannot be read."""
     wanted = ANN_INDEX_TYPES[settings.ann_index]
     if state.index_type != wanted:
         return f"it was {state.index_type}, maintain.ann_index is {settings.ann_index!r}"
-    if trained_rows is None:
-        return "the rows it was trained on cannot be read"
+    if isinstance(trained_rows, str):
+        return f"the rows it was trained on cannot be read ({trained_rows})"
+    if trained_rows == 0:
+        return f"none of the rows it was trained on remain ({rows:,} rows now)"
     if rows >= settings.ann_retrain_growth * trained_rows:
         return (
-            f"{rows:,} rows, {rows / max(trained_rows, 1):.1f}x the {trained_rows:,} it was trained on that remain "
+            f"{rows:,} rows, {rows / trained_rows:.1f}x the {trained_rows:,} it was trained on that remain "
             f"(maintain.ann_retrain_growth {settings.ann_retrain_growth:g})"
         )
     if state.segments >= MAX_VECTOR_SEGMENTS:
@@ -122,13 +125,17 @@ def vector_retrain_reason(
     return None
 
 
-def trained_rows(table: Any, index_name: str) -> int | None:
-    """The rows the vector index was trained on that the table still holds: its first segment's (later ones
-    hold the rows added since), from Lance's index statistics; ``None`` when they cannot be read."""
+def trained_rows(table: Any, index_name: str) -> int | str:
+    """The rows the vector index was trained on that the table still holds: those of the fragments its first
+    segment covers (later segments hold the rows added since), from the table's manifest. When they cannot be
+    read, why not."""
     try:
-        return int(table.to_lance().stats.index_stats(index_name)["num_indexed_rows_per_delta"][0])
-    except Exception:  # an older or newer Lance without the field: retrain, as before incremental updates
-        return None
+        dataset = table.to_lance()
+        segments = [index for index in dataset.list_indices() if index["name"] == index_name]
+        first = min(segments, key=lambda index: index["version"])
+        return sum(dataset.get_fragment(fragment).count_rows() for fragment in first["fragment_ids"])
+    except Exception as exc:  # a Lance that lists indexes otherwise: retrain, as before incremental updates
+        return f"{type(exc).__name__}: {exc}"
 
 
 def maintain(config: JobConfig, rebuild_indexes: bool = False) -> dict[str, Any]:
@@ -160,7 +167,8 @@ def maintain(config: JobConfig, rebuild_indexes: bool = False) -> dict[str, Any]
             actions.append(compaction_action(before["fragments"], fragment_count(table)))
             added = ", new rows added to the indexes" if any(i.unindexed_rows for i in indexes.values()) else ""
             log(f"maintain: {actions[-1]}{added} ({time.monotonic() - started:.1f} s)")
-        upkeep = _IndexUpkeep(table, settings, indexes, rebuild_indexes)
+        # Decisions on the indexes as compaction left them (it adds a segment); the wording on what it added.
+        upkeep = _IndexUpkeep(table, settings, indexes, index_states(table), rebuild_indexes)
         actions.append(upkeep.scalar(schema.CHUNK_ID, "chunk_id", BTree()))
         actions.append(upkeep.vector(before["rows"]))
         if settings.fts:
@@ -174,8 +182,15 @@ def maintain(config: JobConfig, rebuild_indexes: bool = False) -> dict[str, Any]
 class _IndexUpkeep:
     """Builds the indexes a table lacks and keeps the others, rebuilding one only when it must."""
 
-    def __init__(self, table: Any, settings: MaintainConfig, states: dict[str, IndexState], rebuild: bool) -> None:
-        self.table, self.settings, self.states, self.rebuild = table, settings, states, rebuild
+    def __init__(
+        self,
+        table: Any,
+        settings: MaintainConfig,
+        before: dict[str, IndexState],
+        states: dict[str, IndexState],
+        rebuild: bool,
+    ) -> None:
+        self.table, self.settings, self.before, self.states, self.rebuild = table, settings, before, states, rebuild
 
     def scalar(self, column: str, label: str, index_config: Any) -> str:
         """Build the index on ``column`` if missing (or stale, see :meth:`_stale`); else say what compaction
@@ -183,9 +198,10 @@ class _IndexUpkeep:
         state = self.states.get(column)
         if state is None or self._stale(state):
             return self._build(column, index_config, f"{label} index {'built' if state is None else 'rebuilt'}")
-        return kept_index_action(label, state)
+        return kept_index_action(label, self.before.get(column, state))
 
     def vector(self, rows: int) -> str:
+        """Build, retrain or keep the vector index (see :func:`vector_retrain_reason`) on a table of ``rows``."""
         settings, state = self.settings, self.states.get(schema.VECTOR)
         kind = settings.ann_index
         if kind != "none" and rows >= settings.ann_min_rows:
@@ -198,7 +214,7 @@ class _IndexUpkeep:
                 reason = f"{state.unindexed_rows:,} rows it does not cover and no compaction to add them"
             if reason is not None:
                 return self._build(schema.VECTOR, index_config, f"{kind} vector index retrained: {reason}")
-            return kept_index_action(f"{kind} vector", state)
+            return kept_index_action(f"{kind} vector", self.before.get(schema.VECTOR, state))
         if state is not None:  # built when the table was bigger (or the threshold lower): compaction updates it
             return (
                 f"vector index kept, not retrained: {rows:,} rows < maintain.ann_min_rows {settings.ann_min_rows:,}"

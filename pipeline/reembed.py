@@ -296,10 +296,9 @@ def _execute(
     done = None if context.limit is not None else stored_documents_done(stored, digest, fingerprints)
     if done is not None:
         tally.unchanged.update(done)
-        holds = f"already holds all {len(done):,} documents of {source}" if len(done) else "is up to date"
+        held = f"{config.sink.table} already holds all {len(done):,} documents of {source} with these settings"
         runner.log(
-            f"reembed: {config.sink.table} {holds} with these settings; "
-            f"nothing to embed{'' if len(done) else f' ({source} holds no documents)'} (Ray not started)"
+            f"reembed: {held if len(done) else f'{source} holds no documents'}; nothing to embed (Ray not started)"
         )
 
     def build(actors: Any, stats: Any) -> Any:

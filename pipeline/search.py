@@ -6,9 +6,9 @@ compared by cosine similarity with the stored chunk vectors. Searching a table w
 
 Scores are exact cosines whether or not ``lateline maintain`` built an ANN index: an index compares compressed
 vectors (PQ or SQ codes), so its candidates, ``REFINE_FACTOR`` times the hits asked for, are re-ranked by their
-stored vectors. Without that, scores after an IVF_PQ build were off by 0.3 and a tenth of the exact top 10 went
-missing; with it, the exact top 10 came back in a walkthrough's check. Without an index the search is exact
-anyway.
+stored vectors. The hits are those candidates' best, not always the exact top k: on NFCorpus (11,901 chunks,
+``benchmarks/ann_recall.py``) recall@10 against an exact search was about 0.52 without re-ranking, 0.91-0.92
+with 10 candidates per hit and 0.986-0.988 with 50 (two index builds). Without an index the search is exact.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pipeline.model import load_model
 from pipeline.sink import check_model, missing_table, open_table, read_table_record
 
 BY_DOCUMENT_OVERSAMPLE = 10
-REFINE_FACTOR = 10  # ANN candidates per hit, re-ranked by exact cosine on the stored vectors
+REFINE_FACTOR = 50  # ANN candidates per hit, re-ranked by exact cosine on the stored vectors (see above)
 
 
 @dataclass(frozen=True)

@@ -180,7 +180,7 @@ def local_path_problems(uri: str, options: dict[str, Any]) -> list[str]:
     """Options given for a local path, which uses none of them (say an ``endpoint_url`` meant for a bucket)."""
     if not options or not is_local_path(uri):
         return []
-    return [f"{uri!r} is a local path, which takes no storage options (they are for s3:// URIs)"]
+    return [f"{uri!r} is a local path, which takes no storage options (they are for object-store URIs)"]
 
 
 def is_local_path(uri: str) -> bool:

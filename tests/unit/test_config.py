@@ -84,11 +84,14 @@ def test_the_text_field_as_metadata_is_refused_naming_both_keys() -> None:
 def test_storage_options_for_a_local_path_are_refused_without_showing_values(uri: str) -> None:
     message = error_of({"source": {**SOURCE, "uri": uri, "storage_options": {"endpoint_url": "http://secret:9000"}}})
     assert message == (
-        f"source.storage_options: {uri!r} is a local path, which takes no storage options (they are for s3:// "
-        "URIs) (got keys 'endpoint_url')"
+        f"source.storage_options: {uri!r} is a local path, which takes no storage options (they are for "
+        "object-store URIs) (got keys 'endpoint_url')"
     )
-    sink = error_of({"source": SOURCE, "sink": {"uri": uri, "storage_options": {"aws_endpoint": "http://h:9000"}}})
-    assert sink.startswith(f"sink.storage_options: {uri!r} is a local path") and "secret" not in message
+    secret = {"aws_secret_access_key": "wJalrXUtnFEMI"}
+    sink = error_of({"source": SOURCE, "sink": {"uri": uri, "storage_options": secret}})
+    assert sink.startswith(f"sink.storage_options: {uri!r} is a local path") and "wJalrXUtnFEMI" not in sink
+    no_uri = error_of({"source": {"format": "jsonl", "storage_options": {"endpoint_url": "http://h:9000"}}})
+    assert no_uri == "source.uri: required key is missing", "the missing uri alone, not a local path ''"
     s3 = {"uri": "s3://bucket/docs/", "format": "jsonl", "storage_options": {"endpoint_url": "http://h:9000"}}
     assert parse_config({"source": s3}).source.storage_options == {"endpoint_url": "http://h:9000"}
 

@@ -25,19 +25,24 @@ def test_compaction_reports_the_merge_or_that_there_was_nothing_to_merge() -> No
 
 def test_the_vector_index_is_retrained_only_for_growth_piled_up_segments_or_another_kind() -> None:
     settings = MaintainConfig(ann_index="ivf_pq", ann_retrain_growth=2.0)
-    index = IndexState("vector_idx", "IvfPq", indexed_rows=1_500, unindexed_rows=100, segments=3)
+    index = IndexState("vector_idx", "IvfPq", unindexed_rows=100, segments=3)
     assert vector_retrain_reason(index, rows=1_999, trained_rows=1_000, settings=settings) is None
     assert vector_retrain_reason(index, rows=2_000, trained_rows=1_000, settings=settings) == (
         "2,000 rows, 2.0x the 1,000 it was trained on that remain (maintain.ann_retrain_growth 2)"
     )
-    piled = IndexState("vector_idx", "IvfPq", 1_500, 0, segments=MAX_VECTOR_SEGMENTS)
+    piled = IndexState("vector_idx", "IvfPq", 0, segments=MAX_VECTOR_SEGMENTS)
     assert vector_retrain_reason(piled, 1_500, 1_000, settings) == (
         f"{MAX_VECTOR_SEGMENTS} segments, one per update (searches visit each)"
     )
     assert vector_retrain_reason(index, 1_500, 1_000, MaintainConfig(ann_index="hnsw")) == (
         "it was IvfPq, maintain.ann_index is 'hnsw'"
     )
-    assert vector_retrain_reason(index, 1_500, None, settings) == "the rows it was trained on cannot be read"
+    assert vector_retrain_reason(index, 1_500, "OSError: gone", settings) == (
+        "the rows it was trained on cannot be read (OSError: gone)"
+    )
+    assert vector_retrain_reason(index, 1_500, 0, settings) == (
+        "none of the rows it was trained on remain (1,500 rows now)"
+    )
     every_run = MaintainConfig(ann_retrain_growth=1.0)
     assert vector_retrain_reason(index, 1_000, 1_000, every_run) is not None, "1 retrains on every run"
 
