@@ -358,3 +358,37 @@ def test_a_missing_source_bucket_is_named(s3fs_client, s3_endpoint: str, tmp_pat
     assert index_job.main(["--config", str(config)]) == 2
     err = capsys.readouterr().err
     assert "source.uri" in err and "no bucket 'no-such-corpus'" in err and "Traceback" not in err
+
+
+def test_maintain_updates_the_indexes_of_a_table_in_s3(s3fs_client, s3_endpoint: str, tmp_path: Path) -> None:
+    """On S3 too, a second maintain adds the new rows to the indexes instead of rebuilding them: the trained
+    rows are read from the table's manifest there as well."""
+    import lancedb
+
+    from pipeline.maintain import maintain
+
+    s3fs_client.mkdir("maintained")
+    options = _sink_options(s3_endpoint)
+    rng = np.random.default_rng(0)
+
+    def rows(start: int, n: int) -> pa.Table:
+        vectors = pa.array(rng.standard_normal(n * 8).astype(np.float32))
+        ids = [f"c{i}" for i in range(start, start + n)]
+        return pa.table(
+            {"chunk_id": ids, "text": ["late chunking"] * n, "vector": pa.FixedSizeListArray.from_arrays(vectors, 8)}
+        )
+
+    table = lancedb.connect("s3://maintained/db", storage_options=options).create_table("chunks", rows(0, 300))
+    sink = {"uri": "s3://maintained/db", "table": "chunks", "storage_options": options}
+    config = parse_config({"source": {"uri": "x", "format": "jsonl"}, "sink": sink, "maintain": {"ann_min_rows": 100}})
+    assert maintain(config)["actions"][1:] == [
+        "chunk_id index built",
+        "ivf_pq vector index built on 300 rows",
+        "text full-text index built",
+    ]
+    table.add(rows(300, 40))
+    assert maintain(config)["actions"][1:] == [
+        "chunk_id index: 40 new rows added",
+        "ivf_pq vector index: 40 new rows added",
+        "text full-text index: 40 new rows added",
+    ]
