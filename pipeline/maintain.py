@@ -140,7 +140,7 @@ def trained_rows(table: Any, index_name: str) -> int | str:
 
 def maintain(config: JobConfig, rebuild_indexes: bool = False) -> dict[str, Any]:
     """Compact, clean up, and build or update indexes per ``config.maintain``; ``rebuild_indexes`` rebuilds
-    (and retrains) every index. Returns the table's shape before/after and what was done, in words.
+    (and retrains) the indexes the config maintains. Returns the table's shape before/after and what was done, in words.
     Raises ``NothingToMaintain`` when the table does not exist, ``TableLocked`` when a job is writing it."""
     sink, settings = config.sink, config.maintain
     table = open_table(sink.uri, sink.table, sink.storage_options)
