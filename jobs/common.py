@@ -53,7 +53,7 @@ def load_or_exit(args: argparse.Namespace, serving: bool = True) -> JobConfig | 
     try:
         config = load_config(args.config, args.overrides)
     except ConfigError as exc:
-        where = f"{args.config} with --set {' '.join(args.overrides)}" if args.overrides else args.config
+        where = " ".join([args.config, *(f"--set {item}" for item in args.overrides)])
         print(f"config error in {where}:", file=sys.stderr)
         for line in str(exc).splitlines():
             print(f"  {line}", file=sys.stderr)

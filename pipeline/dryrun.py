@@ -87,6 +87,7 @@ def dry_run(config: JobConfig, limit: int | None = None) -> dict[str, Any]:
         "sampled_objects": sample["objects"],
         "sampled_docs": sample["docs"],
         "estimated_docs": round(docs),
+        "estimated_docs_basis": _docs_basis(config.source.format, sample),
         "estimated_tokens": round(tokens),
         "estimated_unchanged_fraction": round(sample["unchanged"] / sample["docs"], 3) if sample["docs"] else None,
         "sampled_bad_records": dict(sample["bad"]),
@@ -111,6 +112,22 @@ def _source_documents(source_format: str, objects: list, total_bytes: int, sampl
         return records * total_bytes / (sample["bytes"] + sample["prefix_bytes"])
     # None was: every sampled record per byte of its text (of its raw snippet, for a record with no text)
     return sample["docs"] * total_bytes / sample["record_bytes"] if sample["record_bytes"] else 0.0
+
+
+def _docs_basis(source_format: str, sample: dict[str, Any]) -> str:
+    """What :func:`_source_documents` counted from, in words: how far to trust the estimate."""
+    if source_format == "text":
+        return "one document per file"
+    if source_format == "parquet" and sample["footer_bytes"]:
+        return "row counts of the sampled files' footers, per byte"
+    if sample["prefix_bytes"]:
+        return (
+            "records per stored byte in the sampled objects' first MiB (objects not read whole), and of the "
+            "objects read whole; a file whose first MiB is not typical of it (sorted by length, say) is off"
+        )
+    if sample["bytes"]:
+        return "records per byte of the sampled objects, read whole"
+    return "bytes of the sampled records' text: compressed objects are undercounted by their compression"
 
 
 def _seconds(to_embed: float, throughput: float, fixed_s: float) -> float | None:

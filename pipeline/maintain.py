@@ -72,11 +72,20 @@ def fragment_count(table: Any) -> int:
     return fragments["num_fragments"] if isinstance(fragments, dict) else fragments.num_fragments
 
 
-def compaction_action(before: int, after: int) -> str:
-    """What a compaction did, from the fragment counts around it."""
+def compaction_action(before: int, after: int, vector_segments: int = 1) -> str:
+    """What a compaction did, from the fragment counts around it. Lance merges no fragments that different
+    segments of the vector index cover, so those stay apart until the index is retrained (said when it may
+    be why fragments are left)."""
+    apart = ""
+    if after > 1 and vector_segments > 1:
+        apart = f"; the vector index's {vector_segments} segments keep their fragments apart until it is retrained"
     if after < before:
-        return f"compacted {before:,} fragments into {after:,}"
-    return f"compaction: nothing to merge ({after:,} fragment{'' if after == 1 else 's'})"
+        return f"compacted {before:,} fragments into {after:,}{apart}"
+    return f"compaction: nothing to merge ({_fragments(after)}{apart})"
+
+
+def _fragments(count: int) -> str:
+    return f"{count:,} fragment{'' if count == 1 else 's'}"
 
 
 def index_states(table: Any) -> dict[str, IndexState]:
@@ -110,7 +119,8 @@ def vector_retrain_reason(
     why they cannot be read."""
     wanted = ANN_INDEX_TYPES[settings.ann_index]
     if state.index_type != wanted:
-        return f"it was {state.index_type}, maintain.ann_index is {settings.ann_index!r}"
+        was = {lancedb_type: kind for kind, lancedb_type in ANN_INDEX_TYPES.items()}.get(state.index_type)
+        return f"it was {was or state.index_type}, maintain.ann_index is {settings.ann_index!r}"
     if isinstance(trained_rows, str):
         return f"the rows it was trained on cannot be read ({trained_rows})"
     if trained_rows == 0:
@@ -161,10 +171,11 @@ def maintain(config: JobConfig, rebuild_indexes: bool = False) -> dict[str, Any]
         indexes = index_states(table)  # read before compaction, which adds the new rows to them
         actions = []
         if settings.compact:  # LanceDB's optimize: compaction, cleanup, and new rows added to existing indexes
-            log(f"maintain: compacting {before['fragments']:,} fragments ({before['rows']:,} rows) ...")
+            log(f"maintain: compacting {_fragments(before['fragments'])} ({before['rows']:,} rows) ...")
             started = time.monotonic()
             table.optimize(cleanup_older_than=timedelta(hours=settings.retain_versions_hours))
-            actions.append(compaction_action(before["fragments"], fragment_count(table)))
+            segments = indexes[schema.VECTOR].segments if schema.VECTOR in indexes else 1
+            actions.append(compaction_action(before["fragments"], fragment_count(table), segments))
             added = ", new rows added to the indexes" if any(i.unindexed_rows for i in indexes.values()) else ""
             log(f"maintain: {actions[-1]}{added} ({time.monotonic() - started:.1f} s)")
         # Decisions on the indexes as compaction left them (it adds a segment); the wording on what it added.
@@ -196,8 +207,10 @@ class _IndexUpkeep:
         """Build the index on ``column`` if missing (or stale, see :meth:`_stale`); else say what compaction
         added to it."""
         state = self.states.get(column)
-        if state is None or self._stale(state):
-            return self._build(column, index_config, f"{label} index {'built' if state is None else 'rebuilt'}")
+        if state is None:
+            return self._build(column, index_config, f"{label} index built")
+        if self._stale(state):
+            return self._build(column, index_config, f"{label} index rebuilt: {self._stale_reason(state)}")
         return kept_index_action(label, self.before.get(column, state))
 
     def vector(self, rows: int) -> str:
@@ -211,15 +224,20 @@ class _IndexUpkeep:
             reason = "--rebuild-indexes" if self.rebuild else None
             reason = reason or vector_retrain_reason(state, rows, trained_rows(self.table, state.name), settings)
             if reason is None and self._stale(state):
-                reason = f"{state.unindexed_rows:,} rows it does not cover and no compaction to add them"
+                reason = self._stale_reason(state)
             if reason is not None:
                 return self._build(schema.VECTOR, index_config, f"{kind} vector index retrained: {reason}")
             return kept_index_action(f"{kind} vector", self.before.get(schema.VECTOR, state))
+        if state is not None and self.rebuild:  # the way back to an exact (flat) search
+            self.table.drop_index(state.name)
+            why = "maintain.ann_index is 'none'" if kind == "none" else f"{rows:,} rows < maintain.ann_min_rows"
+            return f"vector index dropped: {why}, --rebuild-indexes (search is exact again)"
         if state is not None:  # built when the table was bigger (or the threshold lower): compaction updates it
             return (
-                f"vector index kept, not retrained: {rows:,} rows < maintain.ann_min_rows {settings.ann_min_rows:,}"
+                f"vector index kept, not retrained: {rows:,} rows < maintain.ann_min_rows {settings.ann_min_rows:,} "
+                "(--rebuild-indexes drops it)"
                 if kind != "none"
-                else "vector index kept: maintain.ann_index is 'none'"
+                else "vector index kept: maintain.ann_index is 'none' (--rebuild-indexes drops it)"
             )
         if kind != "none":  # said, so that a missing index is not a surprise
             return (
@@ -232,8 +250,14 @@ class _IndexUpkeep:
         """Rebuild: asked to, or it misses rows that nothing else will add (no compaction this run)."""
         return self.rebuild or (not self.settings.compact and state.unindexed_rows > 0)
 
+    def _stale_reason(self, state: IndexState) -> str:
+        if self.rebuild:
+            return "--rebuild-indexes"
+        return f"{state.unindexed_rows:,} rows it does not cover, and maintain.compact is false (nothing adds them)"
+
     def _build(self, column: str, index_config: Any, action: str) -> str:
-        log(f"maintain: building the {type(index_config).__name__} index on {column} ...")  # minutes on big tables
+        kind = self.settings.ann_index if column == schema.VECTOR else type(index_config).__name__
+        log(f"maintain: building the {kind} index on {column} ...")  # minutes on big tables
         started = time.monotonic()
         self.table.create_index(column, config=index_config, replace=True)
         log(f"maintain: {action} ({time.monotonic() - started:.1f} s)")

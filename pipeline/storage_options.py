@@ -178,7 +178,7 @@ def _named_parameters(function: Any) -> set[str]:
 
 def local_path_problems(uri: str, options: dict[str, Any]) -> list[str]:
     """Options given for a local path, which uses none of them (say an ``endpoint_url`` meant for a bucket)."""
-    if not options or not is_local_path(uri):
+    if not any(value is not None for value in options.values()) or not is_local_path(uri):  # (null: unset)
         return []
     return [f"{uri!r} is a local path, which takes no storage options (they are for object-store URIs)"]
 

@@ -118,6 +118,7 @@ def test_dry_run_counts_documents_by_format_draws_its_sample_at_random_and_honou
     estimate = _estimate(_dry_run_config(tmp_path, tmp_path / "pq", "parquet"), capsys)
     assert estimate["sampled_bad_records"] == {"unreadable_source": 1}
     assert estimate["estimated_docs"] == pytest.approx(20_000, rel=0.01), "rows from the footer"
+    assert estimate["estimated_docs_basis"] == "row counts of the sampled files' footers, per byte"
 
     # JSONL: documents per byte of the objects read to their end, not all sampled records over those bytes.
     (tmp_path / "jl").mkdir()
@@ -135,6 +136,7 @@ def test_dry_run_counts_documents_by_format_draws_its_sample_at_random_and_honou
     assert all(path.stat().st_size > PREFIX_BYTES for path in (tmp_path / "gz").iterdir())
     estimate = _estimate(_dry_run_config(tmp_path, tmp_path / "gz", "jsonl"), capsys)
     assert estimate["estimated_docs"] == pytest.approx(120_000, rel=0.02)
+    assert estimate["estimated_docs_basis"].startswith("records per stored byte in the sampled objects' first MiB")
     # Every record bad (no 'text' field) and no object read to its end: counted by their raw bytes, not as 0.
     (tmp_path / "jl-bad").mkdir()
     for name in ("a", "b"):
@@ -151,7 +153,7 @@ def test_dry_run_counts_documents_by_format_draws_its_sample_at_random_and_honou
         (tmp_path / "txt" / f"f{i:02d}.md").write_text("" if i % 2 == 0 else f"file {i} " * (1 if i < 19 else 20_000))
     text_config = _dry_run_config(tmp_path, tmp_path / "txt", "text")
     estimate = _estimate(text_config, capsys)
-    assert estimate["estimated_docs"] == 20
+    assert estimate["estimated_docs"] == 20 and estimate["estimated_docs_basis"] == "one document per file"
     assert estimate["sampled_bad_records"].get("empty_text", 0) > 0, "the sample sees the empty files"
     assert sum(estimate["estimated_bad_records"].values()) < 20
 

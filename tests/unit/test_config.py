@@ -90,6 +90,8 @@ def test_storage_options_for_a_local_path_are_refused_without_showing_values(uri
     secret = {"aws_secret_access_key": "wJalrXUtnFEMI"}
     sink = error_of({"source": SOURCE, "sink": {"uri": uri, "storage_options": secret}})
     assert sink.startswith(f"sink.storage_options: {uri!r} is a local path") and "wJalrXUtnFEMI" not in sink
+    unset = {"source": SOURCE, "sink": {"uri": uri, "storage_options": {"aws_region": None}}}
+    assert parse_config(unset).sink.uri == uri, "a null option is unset, so a local path takes it"
     no_uri = error_of({"source": {"format": "jsonl", "storage_options": {"endpoint_url": "http://h:9000"}}})
     assert no_uri == "source.uri: required key is missing", "the missing uri alone, not a local path ''"
     s3 = {"uri": "s3://bucket/docs/", "format": "jsonl", "storage_options": {"endpoint_url": "http://h:9000"}}

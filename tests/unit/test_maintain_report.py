@@ -21,6 +21,9 @@ def test_compaction_reports_the_merge_or_that_there_was_nothing_to_merge() -> No
     assert compaction_action(12, 1) == "compacted 12 fragments into 1"
     assert compaction_action(1, 1) == "compaction: nothing to merge (1 fragment)"
     assert compaction_action(3, 3) == "compaction: nothing to merge (3 fragments)"
+    assert compaction_action(4, 2, vector_segments=2) == (
+        "compacted 4 fragments into 2; the vector index's 2 segments keep their fragments apart until it is retrained"
+    )
 
 
 def test_the_vector_index_is_retrained_only_for_growth_piled_up_segments_or_another_kind() -> None:
@@ -35,7 +38,7 @@ def test_the_vector_index_is_retrained_only_for_growth_piled_up_segments_or_anot
         f"{MAX_VECTOR_SEGMENTS} segments, one per update (searches visit each)"
     )
     assert vector_retrain_reason(index, 1_500, 1_000, MaintainConfig(ann_index="hnsw")) == (
-        "it was IvfPq, maintain.ann_index is 'hnsw'"
+        "it was ivf_pq, maintain.ann_index is 'hnsw'"
     )
     assert vector_retrain_reason(index, 1_500, "OSError: gone", settings) == (
         "the rows it was trained on cannot be read (OSError: gone)"
@@ -90,7 +93,13 @@ def test_maintain_with_no_retention_says_so_in_its_own_words_and_builds_every_in
     assert reopened.search("spans", query_type="fts").limit(1).to_list(), "the full-text index answers"
     # Below the threshold later (rows deleted, or the threshold raised), the index built before is said kept.
     fewer = _config(tmp_path / "db", **keys | {"ann_min_rows": 1000})
-    assert "vector index kept, not retrained: 300 rows < maintain.ann_min_rows 1,000" in maintain(fewer)["actions"]
+    kept = "vector index kept, not retrained: 300 rows < maintain.ann_min_rows 1,000 (--rebuild-indexes drops it)"
+    assert kept in maintain(fewer)["actions"]
+    dropped = maintain(fewer, rebuild_indexes=True)["actions"]
+    assert "vector index dropped: 300 rows < maintain.ann_min_rows, --rebuild-indexes (search is exact again)" in (
+        dropped
+    )
+    assert "vector_idx" not in _index_uuids(db.open_table("chunks")), "the way back to an exact search"
 
 
 def test_a_second_maintain_adds_the_new_rows_to_the_indexes_it_built_and_retrains_only_when_outgrown(
@@ -134,9 +143,9 @@ def test_a_second_maintain_adds_the_new_rows_to_the_indexes_it_built_and_retrain
     kept = _index_uuids(table)
     actions = maintain(config, rebuild_indexes=True)["actions"]
     assert actions[1:] == [
-        "chunk_id index rebuilt",
+        "chunk_id index rebuilt: --rebuild-indexes",
         "ivf_pq vector index retrained: --rebuild-indexes",
-        "text full-text index rebuilt",
+        "text full-text index rebuilt: --rebuild-indexes",
     ]
     assert set(_index_uuids(db.open_table("chunks")).values()).isdisjoint(kept.values())
 
@@ -149,8 +158,8 @@ def test_without_compaction_an_index_missing_rows_is_rebuilt(tmp_path) -> None:
     assert maintain(config)["actions"] == ["chunk_id index up to date", "ivf_pq vector index up to date"]
     table.add(_rows(1, 20))
     assert maintain(config)["actions"] == [
-        "chunk_id index rebuilt",
-        "ivf_pq vector index retrained: 20 rows it does not cover and no compaction to add them",
+        "chunk_id index rebuilt: 20 rows it does not cover, and maintain.compact is false (nothing adds them)",
+        "ivf_pq vector index retrained: 20 rows it does not cover, and maintain.compact is false (nothing adds them)",
     ]
     table = db.open_table("chunks")
     assert table.index_stats("vector_idx").num_unindexed_rows == 0
@@ -161,7 +170,7 @@ def test_another_kind_of_vector_index_is_replaced(tmp_path) -> None:
     db.create_table("chunks", _rows(0, 300))
     maintain(_config(tmp_path / "db", ann_min_rows=100, fts=False))
     actions = maintain(_config(tmp_path / "db", ann_min_rows=100, fts=False, ann_index="hnsw"))["actions"]
-    assert actions[2] == "hnsw vector index retrained: it was IvfPq, maintain.ann_index is 'hnsw'"
+    assert actions[2] == "hnsw vector index retrained: it was ivf_pq, maintain.ann_index is 'hnsw'"
     assert {i.name: i.index_type for i in db.open_table("chunks").list_indices()}["vector_idx"] == "IvfHnswSq"
     none = maintain(_config(tmp_path / "db", ann_min_rows=100, fts=False, ann_index="none"))["actions"]
-    assert none[2] == "vector index kept: maintain.ann_index is 'none'"
+    assert none[2] == "vector index kept: maintain.ann_index is 'none' (--rebuild-indexes drops it)"
