@@ -73,7 +73,7 @@ def dry_run(config: JobConfig, limit: int | None = None) -> dict[str, Any]:
     manifest = ObjectManifest(config.sink.uri, config.sink.table, config.sink.storage_options)
     letters = letters_by_object(config.sink.uri, config.sink.table, config.sink.storage_options) if known else {}
     reads = len(objects) - len(manifest.unchanged(objects, digest, config.source, known, letters))
-    docs = _source_documents(config.source.format, objects, total_bytes, sample)
+    docs, docs_basis = _source_documents(config.source.format, objects, total_bytes, sample)
     if limit is not None:  # the limit counts the documents of the objects the run reads, not of skipped ones
         docs = min(docs * reads / len(objects) if objects else 0.0, limit)
     per_doc = docs / sample["docs"] if sample["docs"] else 0.0  # sampled counts -> the run's
@@ -87,7 +87,7 @@ def dry_run(config: JobConfig, limit: int | None = None) -> dict[str, Any]:
         "sampled_objects": sample["objects"],
         "sampled_docs": sample["docs"],
         "estimated_docs": round(docs),
-        "estimated_docs_basis": _docs_basis(config.source.format, sample),
+        "estimated_docs_basis": docs_basis,
         "estimated_tokens": round(tokens),
         "estimated_unchanged_fraction": round(sample["unchanged"] / sample["docs"], 3) if sample["docs"] else None,
         "sampled_bad_records": dict(sample["bad"]),
@@ -101,33 +101,26 @@ def dry_run(config: JobConfig, limit: int | None = None) -> dict[str, Any]:
     }
 
 
-def _source_documents(source_format: str, objects: list, total_bytes: int, sample: dict[str, Any]) -> float:
-    """Documents of the whole source, estimated as the module doc says."""
+def _source_documents(source_format: str, objects: list, total_bytes: int, sample: dict[str, Any]) -> tuple[float, str]:
+    """Documents of the whole source, estimated as the module doc says, and what they were counted from, in
+    words (how far to trust them)."""
     if source_format == "text":
-        return float(len(objects))
+        return float(len(objects)), "one document per file"
     if source_format == "parquet" and sample["footer_bytes"]:
-        return sample["footer_rows"] * total_bytes / sample["footer_bytes"]
+        rows = sample["footer_rows"] * total_bytes / sample["footer_bytes"]
+        return rows, "row counts of the sampled files' footers, per byte"
     if sample["bytes"] or sample["prefix_bytes"]:  # objects read to their end, and prefixes: records per byte
         records = sample["complete_docs"] + sample["prefix_lines"]
-        return records * total_bytes / (sample["bytes"] + sample["prefix_bytes"])
-    # None was: every sampled record per byte of its text (of its raw snippet, for a record with no text)
-    return sample["docs"] * total_bytes / sample["record_bytes"] if sample["record_bytes"] else 0.0
-
-
-def _docs_basis(source_format: str, sample: dict[str, Any]) -> str:
-    """What :func:`_source_documents` counted from, in words: how far to trust the estimate."""
-    if source_format == "text":
-        return "one document per file"
-    if source_format == "parquet" and sample["footer_bytes"]:
-        return "row counts of the sampled files' footers, per byte"
-    if sample["prefix_bytes"]:
-        return (
+        estimate = records * total_bytes / (sample["bytes"] + sample["prefix_bytes"])
+        if not sample["prefix_bytes"]:
+            return estimate, "records per byte of the sampled objects, read whole"
+        return estimate, (
             "records per stored byte in the sampled objects' first MiB (objects not read whole), and of the "
             "objects read whole; a file whose first MiB is not typical of it (sorted by length, say) is off"
         )
-    if sample["bytes"]:
-        return "records per byte of the sampled objects, read whole"
-    return "bytes of the sampled records' text: compressed objects are undercounted by their compression"
+    # None was: every sampled record per byte of its text (of its raw snippet, for a record with no text)
+    estimate = sample["docs"] * total_bytes / sample["record_bytes"] if sample["record_bytes"] else 0.0
+    return estimate, "bytes of the sampled records' text: compressed objects are undercounted by their compression"
 
 
 def _seconds(to_embed: float, throughput: float, fixed_s: float) -> float | None:
